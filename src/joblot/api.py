@@ -1,0 +1,367 @@
+"""The HTTP API: Zendesk-compatible job-status routes, errors as JSON, ETags and long polls."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from joblot.errors import (
+    InvalidJSON,
+    InvalidParameter,
+    JoblotError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RecordNotFound,
+    UnsupportedMediaType,
+)
+from joblot.models import Status
+from joblot.openapi import openapi_document
+from joblot.service import Service
+from joblot.store import JobRow, Page
+
+log = logging.getLogger("joblot.api")
+
+API = "/api/v2"
+MAX_PAGE_SIZE = 100
+MAX_SHOW_MANY = 100
+MAX_WAIT_SECONDS = 60
+LONG_POLL_INTERVAL = 0.05
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+_LIST_KEY = re.compile(r"[01][0-9]{16}(?:[0-9]{16})?[0-9a-f]{32}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d{1,6})(?:$|[;,\s])")
+
+
+class JSONResponse(Response):
+    """A JSON response encoded with orjson (fast, and it keeps key order)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: JoblotError, headers: dict[str, str] | None = None) -> Response:
+    """The JSON body every error has: `{"error": name, "description": text}`."""
+    body = {"error": exc.name, "description": exc.description}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def base_url(request: Request, service: Service) -> str:
+    """The absolute base of JobStatus urls: the configured public URL, else this request's."""
+    configured = service.settings.public_url
+    return (configured or str(request.base_url)).rstrip("/")
+
+
+def status_url(base: str, job_id: str) -> str:
+    """The url a client polls: `{public_url}/api/v2/job_statuses/{id}.json`."""
+    return f"{base}{API}/job_statuses/{job_id}.json"
+
+
+def render_status(row: JobRow, base: str) -> dict[str, Any]:
+    """A JobStatus: eight keys in Zendesk's order, nulls written out."""
+    queued = row.status is Status.QUEUED
+    results = None
+    if row.results is not None:
+        results = orjson.Fragment(b"[" + b",".join(row.results) + b"]")
+    return {
+        "id": row.id,
+        "job_type": row.job_type,
+        "url": status_url(base, row.id),
+        "total": row.total,
+        "progress": None if queued else row.progress,
+        "status": row.status.value,
+        "message": None if queued else row.message,
+        "results": results,
+    }
+
+
+def etag(job_id: str, version: int) -> str:
+    """A strong validator that changes whenever anything in the status changes."""
+    return f'"{job_id}.{version}"'
+
+
+# -- request parsing ------------------------------------------------------------------------
+
+
+def job_id_param(request: Request) -> str:
+    """The `{id}` path parameter without its `.json` suffix; malformed ids are simply not found."""
+    raw = str(request.path_params["id"]).removesuffix(".json")
+    if not _JOB_ID.fullmatch(raw):
+        shown = raw if len(raw) <= 64 else raw[:64] + "..."
+        raise RecordNotFound(f"no job status with id {shown!r}")
+    return raw
+
+
+def page_params(request: Request) -> tuple[str | None, str | None, int]:
+    """`page[after]`, `page[before]` and `page[size]` (1 to 100, default 100)."""
+    query = request.query_params
+    raw_size = query.get("page[size]")
+    size = MAX_PAGE_SIZE
+    if raw_size is not None:
+        if not raw_size.isdigit() or not 1 <= int(raw_size[:6]) <= MAX_PAGE_SIZE:
+            raise InvalidParameter(f"page[size] must be a whole number from 1 to {MAX_PAGE_SIZE}")
+        size = int(raw_size)
+    after, before = query.get("page[after]"), query.get("page[before]")
+    if after is not None and before is not None:
+        raise InvalidParameter("give page[after] or page[before], not both")
+    return after, before, size
+
+
+def encode_cursor(value: str) -> str:
+    """An opaque, URL-safe cursor."""
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, pattern: re.Pattern[str]) -> str | None:
+    """The value inside a cursor made by `encode_cursor`, or InvalidParameter."""
+    if cursor is None:
+        return None
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = ""
+    if len(cursor) > 200 or not pattern.fullmatch(value):
+        raise InvalidParameter("page[after] / page[before] is not a cursor this server made; "
+                               "use the cursors from meta or links")
+    return value
+
+
+def page_body(request: Request, key: str, rows: list[Any], cursors: list[str], has_more: bool,
+              went_back: bool, started_after: bool, size: int, base: str) -> dict[str, Any]:
+    """A Zendesk cursor-paginated body: the rows, `meta` and `links`."""
+    after_cursor = encode_cursor(cursors[-1]) if cursors else None
+    before_cursor = encode_cursor(cursors[0]) if cursors else None
+    more_after = (not went_back and has_more) or (went_back and bool(cursors))
+    more_before = (went_back and has_more) or (started_after and bool(cursors))
+    path = f"{base}{request.url.path}"
+
+    def link(direction: str, cursor: str | None) -> str | None:
+        if cursor is None:
+            return None
+        return f"{path}?{urlencode({'page[size]': size, f'page[{direction}]': cursor})}"
+
+    return {
+        key: rows,
+        "meta": {"has_more": has_more, "after_cursor": after_cursor,
+                 "before_cursor": before_cursor},
+        "links": {"next": link("after", after_cursor) if more_after else None,
+                  "prev": link("before", before_cursor) if more_before else None},
+    }
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing more than `limit` bytes before reading them all."""
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type.lower():
+        raise UnsupportedMediaType(f"send the job as JSON (Content-Type: application/json), "
+                                   f"not {content_type[:100]!r}")
+    declared = request.headers.get("content-length")
+    too_large = PayloadTooLarge(f"the body is larger than {limit} bytes; "
+                                "split the items into several jobs")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
+
+
+def prefer_wait(request: Request) -> float:
+    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; 0 when absent."""
+    match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+    return min(int(match[1]), MAX_WAIT_SECONDS) if match else 0.0
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Routes:
+    """The endpoint functions, bound to one Service."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def submit_job(self, request: Request) -> Response:
+        """POST /api/v2/jobs: queue a job; 202 with Location and Retry-After."""
+        key = request.headers.get("idempotency-key")
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise InvalidParameter("Idempotency-Key must be 1 to 255 printable ASCII characters")
+        doc = await read_json_body(request, self.service.settings.max_body_bytes)
+        row, created = await self.service.submit_job(tenant_of(request), doc, key)
+        base = base_url(request, self.service)
+        headers = {"Location": status_url(base, row.id), "Retry-After": "1",
+                   "ETag": etag(row.id, row.version)}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse({"job_status": render_status(row, base)}, status_code=202,
+                            headers=headers)
+
+    async def show_job(self, request: Request) -> Response:
+        """GET /api/v2/job_statuses/{id}: the JobStatus, with ETag and long poll."""
+        job_id, tenant = job_id_param(request), tenant_of(request)
+        given = request.headers.get("if-none-match")
+        wait = prefer_wait(request)
+        if given is not None and wait:
+            await self._wait_for_change(tenant, job_id, given, wait)
+        row = await self.service.get_job(tenant, job_id)
+        tag = etag(row.id, row.version)
+        if given is not None and tag in _tags(given):
+            return Response(status_code=304, headers={"ETag": tag})
+        body = {"job_status": render_status(row, base_url(request, self.service))}
+        return JSONResponse(body, headers={"ETag": tag, "Cache-Control": "no-cache"})
+
+    async def _wait_for_change(self, tenant: str, job_id: str, given: str, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            version = await self.service.job_version(tenant, job_id)
+            if etag(job_id, version) not in _tags(given):
+                return
+            await asyncio.sleep(LONG_POLL_INTERVAL)
+
+    async def list_jobs(self, request: Request) -> Response:
+        """GET /api/v2/job_statuses: cursor-paginated, unfinished jobs first."""
+        after, before, size = page_params(request)
+        after_key = decode_cursor(after, _LIST_KEY)
+        before_key = decode_cursor(before, _LIST_KEY)
+        page: Page[JobRow] = await self.service.list_jobs(tenant_of(request), after_key,
+                                                          before_key, size)
+        base = base_url(request, self.service)
+        rows = [render_status(r, base) for r in page.rows]
+        body = page_body(request, "job_statuses", rows, [r.list_key for r in page.rows],
+                         page.has_more, before is not None, after is not None, size, base)
+        return JSONResponse(body)
+
+    async def show_many(self, request: Request) -> Response:
+        """GET /api/v2/job_statuses/show_many?ids=a,b (commas plain or %2C)."""
+        raw = request.query_params.get("ids")
+        if raw is None:
+            raise InvalidParameter("ids is required: show_many?ids=<id>,<id>")
+        ids = [i.strip() for i in raw.split(",") if i.strip()]
+        if len(ids) > MAX_SHOW_MANY:
+            raise InvalidParameter(f"show_many takes at most {MAX_SHOW_MANY} ids")
+        wanted = list(dict.fromkeys(i for i in ids if _JOB_ID.fullmatch(i)))
+        rows = await self.service.get_jobs(tenant_of(request), wanted)
+        base = base_url(request, self.service)
+        return JSONResponse({"job_statuses": [render_status(r, base) for r in rows]})
+
+    async def list_results(self, request: Request) -> Response:
+        """GET /api/v2/job_statuses/{id}/results: result entries by index, in pages."""
+        job_id = job_id_param(request)
+        after, before, size = page_params(request)
+        after_idx = decode_cursor(after, re.compile(r"\d{1,12}"))
+        before_idx = decode_cursor(before, re.compile(r"\d{1,12}"))
+        page = await self.service.list_results(
+            tenant_of(request), job_id, None if after_idx is None else int(after_idx),
+            None if before_idx is None else int(before_idx), size)
+        entries = [orjson.Fragment(entry) for _, entry in page.rows]
+        body = page_body(request, "results", entries, [str(i) for i, _ in page.rows],
+                         page.has_more, before is not None, after is not None, size,
+                         base_url(request, self.service))
+        return JSONResponse(body)
+
+    async def cancel_job(self, request: Request) -> Response:
+        """POST /api/v2/job_statuses/{id}/cancel: stop the job; unstarted items never run."""
+        row = await self.service.cancel_job(tenant_of(request), job_id_param(request))
+        body = {"job_status": render_status(row, base_url(request, self.service))}
+        return JSONResponse(body, headers={"ETag": etag(row.id, row.version)})
+
+    async def openapi(self, request: Request) -> Response:
+        """GET /openapi.json: the OpenAPI 3.1 description of this API."""
+        return JSONResponse(openapi_document())
+
+    async def health(self, request: Request) -> Response:
+        """GET /healthz: the process answers and its database is reachable."""
+        applied, latest = await self.service.store.schema_version()
+        return JSONResponse({"status": "ok", "schema": applied, "latest_schema": latest})
+
+
+def tenant_of(request: Request) -> str:
+    """The tenant the request acts for (the default tenant until tokens are configured)."""
+    return ""
+
+
+def _tags(header: str) -> set[str]:
+    return {t.strip().removeprefix("W/") for t in header.split(",")}
+
+
+def _routes(r: Routes) -> list[Route]:
+    def both(path: str, endpoint: Endpoint, methods: list[str]) -> list[Route]:
+        return [Route(path, endpoint, methods=methods),
+                Route(f"{path}.json", endpoint, methods=methods)]
+
+    return [
+        *both(f"{API}/jobs", r.submit_job, ["POST"]),
+        *both(f"{API}/job_statuses", r.list_jobs, ["GET"]),
+        *both(f"{API}/job_statuses/show_many", r.show_many, ["GET"]),
+        *both(f"{API}/job_statuses/{{id}}/results", r.list_results, ["GET"]),
+        *both(f"{API}/job_statuses/{{id}}/cancel", r.cancel_job, ["POST"]),
+        Route(f"{API}/job_statuses/{{id}}", r.show_job, methods=["GET"]),
+        Route("/openapi.json", r.openapi, methods=["GET"]),
+        Route("/healthz", r.health, methods=["GET"]),
+    ]
+
+
+async def _joblot_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, JoblotError)
+    if exc.status_code >= 500:
+        log.warning("%s %s: %s", request.method, request.url.path, exc.description)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed on "
+                                               f"{request.url.path}"))
+    return error_response(RecordNotFound(f"there is nothing at {request.url.path[:200]}"))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    body = {"error": "InternalError", "description": "the server failed; it has been logged"}
+    return JSONResponse(body, status_code=500)
+
+
+def create_app(service: Service, on_close: Callable[[], Awaitable[None]] | None = None,
+               ) -> Starlette:
+    """The ASGI app serving `service`; `on_close` runs at shutdown (e.g. to close the store)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if on_close is not None:
+            await on_close()
+
+    return Starlette(
+        routes=_routes(Routes(service)),
+        exception_handlers={JoblotError: _joblot_error, HTTPException: _http_error,
+                            Exception: _unexpected},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,120 @@
+"""App: the registry of job types, their handlers and options."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from joblot.errors import ConfigError
+
+Handler = Callable[[dict[str, Any], "Context"], Any]
+
+
+class ItemFailed(Exception):  # noqa: N818 - the name reads as what happened to the item
+    """Raise from a handler to fail one item with a chosen error name and details."""
+
+    def __init__(self, details: str, error: str = "ItemFailed") -> None:
+        super().__init__(details)
+        self.error = error
+        self.details = details
+
+
+class JobAborted(Exception):  # noqa: N818 - raised to abort, named for the outcome
+    """Raised by `ctx.abort()`: the whole job stops and ends `failed` with this message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Context:
+    """What a handler may do beyond its item: report a message, or abort the whole job."""
+
+    def __init__(self, job_id: str, job_type: str, index: int, attempt: int) -> None:
+        self.job_id = job_id
+        self.job_type = job_type
+        self.index = index
+        self.attempt = attempt
+        self.reported: str | None = None
+
+    def message(self, text: str) -> None:
+        """Set the job's `message`; the last one reported wins."""
+        self.reported = str(text)
+
+    def abort(self, message: str) -> None:
+        """Stop the whole job: it ends `failed` with `message`; items not yet run never run."""
+        raise JobAborted(message)
+
+
+@dataclass(frozen=True)
+class JobType:
+    """A registered job type: its name, handler and options."""
+
+    name: str
+    handler: Handler
+    action: str | None = None
+    max_failures: int | None = None  # the job fails once more items than this have failed
+
+    @property
+    def is_async(self) -> bool:
+        """True when the handler is a coroutine function, run on the worker's event loop."""
+        return inspect.iscoroutinefunction(self.handler)
+
+
+class App:
+    """The registry of job types a joblot server accepts and its workers run."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, JobType] = {}
+
+    def job_type(
+        self, name: str, action: str | None = None, *, max_failures: int | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the per-item handler of job type `name`."""
+
+        def register(handler: Handler) -> Handler:
+            self.add(JobType(name, handler, action=action, max_failures=max_failures))
+            return handler
+
+        return register
+
+    def add(self, job_type: JobType) -> None:
+        """Register a job type; a name can be registered once."""
+        if not job_type.name or len(job_type.name) > 200:
+            raise ConfigError("a job type name must have 1 to 200 characters")
+        if job_type.name in self._types:
+            raise ConfigError(f"job type {job_type.name!r} is registered twice")
+        self._types[job_type.name] = job_type
+
+    def get(self, name: str) -> JobType | None:
+        """The job type called `name`, or None."""
+        return self._types.get(name)
+
+    def names(self) -> list[str]:
+        """The names of all registered job types, sorted."""
+        return sorted(self._types)
+
+    def __iter__(self) -> Iterator[JobType]:
+        return iter(self._types.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+
+def load_app(spec: str) -> App:
+    """Import the App named by `MODULE:ATTR` (e.g. `myproject.jobs:app`)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--app takes MODULE:ATTR, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for --app {spec}: {exc}") from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"--app {spec}: {attr!r} in {module_name!r} is not a joblot.App")
+    return app
+

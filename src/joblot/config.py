@@ -1,0 +1,90 @@
+"""Settings from flags and JOBLOT_* environment variables, read in this one place only."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from joblot.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///joblot.db"
+DEFAULT_APP = "joblot.demo:app"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of a joblot process. Each field `x` is read from env `JOBLOT_X`."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None  # absolute base of JobStatus urls; by default the request's
+    app: str = DEFAULT_APP  # MODULE:ATTR of the App with the job types
+    workers: int = 1  # worker processes started by `joblot serve`
+    concurrency: int = 4  # items a worker runs at once
+    lease_seconds: float = 5.0  # a dead worker's items go back to the queue after this
+    batch_size: int = 500  # most items claimed in one go
+    max_attempts: int = 3  # an item that loses its worker this often fails for good
+    retention_seconds: float = 86400.0  # finished jobs are purged after this
+    inline_results: int = 1000  # jobs with more items serve results from /results only
+    max_items: int = 100_000  # items accepted in one job
+    max_body_bytes: int = 16 * 1024 * 1024  # request bodies larger than this get a 413
+    idle_poll_seconds: float = 0.05  # how often an idle worker looks for new items
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        positive = ("port", "concurrency", "lease_seconds", "batch_size", "max_attempts")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 or more, got {self.workers}")
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ConfigError(
+                f"unsupported database URL {self.database_url!r}: "
+                "use sqlite:///path/to/file.db or postgresql://user@host/db"
+            )
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as JOBLOT_* variables, to hand to a child process."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[f"JOBLOT_{f.name.upper()}"] = str(value)
+        return env
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind_name.startswith("int"):
+            return int(raw)
+        if kind_name.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"JOBLOT_{name.upper()}={raw!r} is not a number") from None
+    return raw
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from command-line `flags` (None means absent), then env, then defaults."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(f"JOBLOT_{f.name.upper()}")
+        if raw is not None and raw != "":
+            values[f.name] = _convert(f.name, f.type, raw)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = value
+    return Settings(**values)

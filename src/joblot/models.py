@@ -1,0 +1,174 @@
+"""JobStatus, result entries, the status enum and its allowed transitions."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Status(StrEnum):
+    """The four states of a job, exactly as Zendesk names them."""
+
+    QUEUED = "queued"
+    WORKING = "working"
+    FAILED = "failed"
+    COMPLETED = "completed"
+
+    @property
+    def finished(self) -> bool:
+        """True once the job can no longer change state."""
+        return self in (Status.FAILED, Status.COMPLETED)
+
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.WORKING, Status.FAILED}),
+    Status.WORKING: frozenset({Status.COMPLETED, Status.FAILED}),
+    Status.FAILED: frozenset(),
+    Status.COMPLETED: frozenset(),
+}
+
+
+def can_transition(old: Status, new: Status) -> bool:
+    """Whether the lifecycle allows a job to move from `old` to `new`."""
+    return new in TRANSITIONS[old]
+
+
+class JobStatus(BaseModel):
+    """Zendesk's JobStatus: always these eight keys, in this order, nulls written out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    job_type: str
+    url: str
+    total: int | None
+    progress: int | None
+    status: Status
+    message: str | None
+    results: list[dict[str, Any]] | None
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is `completed` or `failed`."""
+        return self.status.finished
+
+
+class ResultEntry(BaseModel):
+    """One per-item result; parses as Zendesk's Create/Update/FailedResult."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    index: int
+    success: bool
+    id: Any = None
+    action: str | None = None
+    error: str | None = None
+    details: str | None = None
+
+
+def success_entry(
+    index: int, item: dict[str, Any], action: str | None, returned: dict[str, Any]
+) -> dict[str, Any]:
+    """The result entry of an item whose handler returned `returned`."""
+    entry: dict[str, Any] = {"index": index}
+    if "id" in item:
+        entry["id"] = item["id"]
+    if action is not None:
+        entry["action"] = action
+    entry.update(returned)
+    entry["index"] = index
+    entry["success"] = True
+    return entry
+
+
+def failure_entry(
+    index: int, item: dict[str, Any], action: str | None, error: str, details: str
+) -> dict[str, Any]:
+    """The result entry of an item that failed with `error` (a name) and `details`."""
+    entry: dict[str, Any] = {"index": index}
+    if "id" in item:
+        entry["id"] = item["id"]
+    if action is not None:
+        entry["action"] = action
+    entry.update(success=False, error=error, details=details)
+    return entry
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A UUIDv7 as 32 hex characters: opaque, URL-safe and ordered by creation time."""
+    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    rand_a = (rand >> 62) & 0xFFF
+    rand_b = rand & ((1 << 62) - 1)
+    value = (millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    return f"{value:032x}"
+
+
+def completion_message(now: float) -> str:
+    """The message of a job that completed at `now`: `Completed at YYYY-MM-DD HH:MM:SS +0000`."""
+    return datetime.fromtimestamp(now, UTC).strftime("Completed at %Y-%m-%d %H:%M:%S +0000")
+
+
+def cancel_message(skipped: int, total: int) -> str:
+    """The message of a cancelled job, saying how many items never ran."""
+    return f"Cancelled: {skipped} of {total} items were skipped"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """The counters and state of a job that the lifecycle rules read and change."""
+
+    status: Status
+    total: int
+    progress: int
+    failures: int
+    pending: int
+    message: str | None
+    message_set: bool  # a handler set the message, so completion keeps it
+    max_failures: int | None
+
+
+def after_claim(state: JobState, claimed: int) -> JobState:
+    """A worker leased `claimed` items: the job is working."""
+    status = Status.WORKING if state.status is Status.QUEUED else state.status
+    return replace(state, status=status, pending=state.pending - claimed)
+
+
+def after_finish(
+    state: JobState, done: int, failed: int, message: str | None, now: float
+) -> JobState:
+    """`done` items finished (`failed` of them unsuccessfully): count them, maybe finish the job."""
+    progress, failures = state.progress + done, state.failures + failed
+    new = replace(state, progress=progress, failures=failures)
+    if message is not None:
+        new = replace(new, message=message, message_set=True)
+    if state.status.finished:
+        return new
+    if state.max_failures is not None and failures > state.max_failures:
+        text = f"Failed: {failures} items failed, more than the {state.max_failures} allowed"
+        return replace(new, status=Status.FAILED, pending=0, message=text)
+    if progress >= state.total:
+        text = new.message if new.message_set else completion_message(now)
+        return replace(new, status=Status.COMPLETED, message=text)
+    return new
+
+
+def after_requeue(state: JobState, requeued: int) -> JobState:
+    """Items whose worker vanished go back to the queue."""
+    if state.status.finished:
+        return state
+    return replace(state, pending=state.pending + requeued)
+
+
+def after_stop(state: JobState, message: str | None) -> JobState:
+    """The job stops as a whole: cancelled (message None) or aborted with `message`."""
+    text = message if message is not None else cancel_message(
+        state.total - state.progress, state.total
+    )
+    return replace(state, status=Status.FAILED, pending=0, message=text)

@@ -1,0 +1,155 @@
+-- Named queries of the SQLite backend. Each block starts with `-- name: <name>`;
+-- the block's name is the Store method (and sub-step) that runs it.
+
+-- name: migrations.create_table
+CREATE TABLE IF NOT EXISTS joblot_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+);
+
+-- name: migrations.applied
+SELECT version FROM joblot_migrations ORDER BY version;
+
+-- name: migrations.record
+INSERT INTO joblot_migrations (version, name, applied_at) VALUES (:version, :name, :now);
+
+-- name: submit_job.find_idempotent
+-- A retried submission with the same key finds the job the first one made.
+SELECT id, request_hash, expires_at FROM jobs
+WHERE tenant = :tenant AND idempotency_key = :key;
+
+-- name: submit_job.insert_job
+INSERT INTO jobs (id, tenant, job_type, action, status, total, pending, max_failures,
+                  idempotency_key, request_hash, created_at, list_key)
+VALUES (:id, :tenant, :job_type, :action, 'queued', :total, :total, :max_failures,
+        :idempotency_key, :request_hash, :created_at, :list_key);
+
+-- name: submit_job.insert_item
+INSERT INTO items (job_id, idx, payload) VALUES (?, ?, ?);
+
+-- name: get_job.select
+-- One primary-key lookup; expired jobs read as missing even before they are purged.
+SELECT id, job_type, status, total, progress, message, version, list_key FROM jobs
+WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: get_job.inline_results
+-- Only for jobs with at most `inline_results` items: a bounded range scan.
+SELECT entry FROM results WHERE job_id = :id ORDER BY idx;
+
+-- name: list_jobs.after
+SELECT id, job_type, status, total, progress, message, version, list_key FROM jobs
+WHERE tenant = :tenant AND list_key > :key AND (expires_at IS NULL OR expires_at > :now)
+ORDER BY list_key LIMIT :limit;
+
+-- name: list_jobs.before
+SELECT id, job_type, status, total, progress, message, version, list_key FROM jobs
+WHERE tenant = :tenant AND list_key < :key AND (expires_at IS NULL OR expires_at > :now)
+ORDER BY list_key DESC LIMIT :limit;
+
+-- name: list_results.after
+SELECT idx, entry FROM results WHERE job_id = :id AND idx > :idx ORDER BY idx LIMIT :limit;
+
+-- name: list_results.before
+SELECT idx, entry FROM results WHERE job_id = :id AND idx < :idx
+ORDER BY idx DESC LIMIT :limit;
+
+-- name: job_version
+SELECT version FROM jobs
+WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: job_state.select
+-- The counters the lifecycle rules (joblot.models) read inside a write transaction.
+SELECT status, total, progress, failures, pending, message, message_set, max_failures
+FROM jobs WHERE id = :id;
+
+-- name: job_state.select_for_tenant
+SELECT status, total, progress, failures, pending, message, message_set, max_failures
+FROM jobs WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: job_state.save
+-- Writes back what the rules decided; a job that just finished gets its finish time,
+-- its purge time and its place among finished jobs in the listing order.
+UPDATE jobs SET
+    status = :status, progress = :progress, failures = :failures, pending = :pending,
+    message = :message, message_set = :message_set, version = version + :bump,
+    claimed_at = coalesce(:claimed_at, claimed_at),
+    finished_at = CASE WHEN :finished THEN :now ELSE finished_at END,
+    expires_at = CASE WHEN :finished THEN :now + :retention ELSE expires_at END,
+    list_key = CASE WHEN :finished THEN :finished_prefix || substr(list_key, 2) ELSE list_key END
+WHERE id = :id;
+
+-- name: claim_items.pick_job
+-- Round-robin: the runnable job served least recently (new jobs have claimed_at 0).
+SELECT id, job_type FROM jobs
+WHERE pending > 0 AND status IN ('queued', 'working')
+  AND job_type IN (SELECT value FROM json_each(:job_types))
+ORDER BY claimed_at LIMIT 1;
+
+-- name: claim_items.insert_lease
+INSERT INTO leases (job_id, worker_id, expires_at) VALUES (:job_id, :worker_id, :expires_at);
+
+-- name: claim_items.lease_items
+-- Differs by necessity from PostgreSQL: SQLite has one writer at a time, so the
+-- transaction itself is the lock and no SKIP LOCKED is needed.
+UPDATE items SET state = 'leased', lease_id = :lease_id, attempts = attempts + 1
+WHERE job_id = :job_id AND state = 'pending' AND idx IN (
+    SELECT idx FROM items WHERE job_id = :job_id AND state = 'pending' ORDER BY idx LIMIT :limit
+)
+RETURNING idx, payload, attempts;
+
+-- name: finish_items.lease
+SELECT job_id, expires_at FROM leases WHERE id = :lease_id;
+
+-- name: finish_items.take_item
+-- The fencing check: only an item still leased under this token can be finished.
+DELETE FROM items WHERE job_id = ? AND idx = ? AND lease_id = ? AND state = 'leased';
+
+-- name: finish_items.insert_result
+INSERT INTO results (job_id, idx, success, entry) VALUES (?, ?, ?, ?);
+
+-- name: leases.release
+DELETE FROM leases WHERE id = :lease_id;
+
+-- name: leases.revoke_job
+-- A finished job is frozen: its outstanding leases are revoked so late results are refused.
+DELETE FROM leases WHERE job_id = :job_id;
+
+-- name: renew_leases
+UPDATE leases SET expires_at = :until
+WHERE id IN (SELECT value FROM json_each(:lease_ids)) AND expires_at >= :now
+RETURNING id;
+
+-- name: requeue_expired.leases
+SELECT id, job_id FROM leases WHERE expires_at < :now ORDER BY expires_at LIMIT 100;
+
+-- name: requeue_expired.items
+SELECT idx, payload, attempts FROM items WHERE lease_id = :lease_id AND state = 'leased';
+
+-- name: requeue_expired.requeue
+UPDATE items SET state = 'pending', lease_id = NULL
+WHERE lease_id = :lease_id AND state = 'leased' AND attempts < :max_attempts;
+
+-- name: release_lease.refund
+-- Items handed back unstarted by a cleanly stopping worker do not use up an attempt.
+UPDATE items SET attempts = attempts - 1 WHERE lease_id = :lease_id AND state = 'leased';
+
+-- name: requeue_expired.job_action
+SELECT action FROM jobs WHERE id = :id;
+
+-- name: purge_expired.jobs
+SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= :now LIMIT 100;
+
+-- name: purge_expired.items
+-- Bounded deletes keep each write transaction short even for a job of a million items.
+DELETE FROM items WHERE job_id = :id AND idx IN (
+    SELECT idx FROM items WHERE job_id = :id LIMIT 5000
+);
+
+-- name: purge_expired.results
+DELETE FROM results WHERE job_id = :id AND idx IN (
+    SELECT idx FROM results WHERE job_id = :id LIMIT 5000
+);
+
+-- name: purge_expired.job
+DELETE FROM jobs WHERE id = :id;

@@ -1,0 +1,298 @@
+"""The worker: claim a batch, run its handlers, report results, renew leases, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from joblot.app import App, Context, ItemFailed, JobAborted, JobType
+from joblot.errors import JoblotError
+from joblot.models import failure_entry, success_entry
+from joblot.service import Service
+from joblot.store import Claim, ClaimedItem, FinishedItem
+
+log = logging.getLogger("joblot.worker")
+
+FLUSH_SECONDS = 0.1  # how often a running batch reports progress
+TARGET_BATCH_SECONDS = 0.5  # claim about this much work at a time, so small jobs get turns
+PURGE_SECONDS = 60.0
+
+
+def run_item(job_type: JobType, job_id: str, item: ClaimedItem, returned: Any) -> FinishedItem:
+    """Turn what a handler returned (or raised, as `returned`) into a result entry."""
+    payload = _decode(item.payload)
+    if isinstance(returned, BaseException):
+        error, details = _describe(returned)
+        entry = failure_entry(item.index, payload, job_type.action, error, details)
+        return FinishedItem(item.index, False, orjson.dumps(entry))
+    if returned is None:
+        returned = {}
+    if not isinstance(returned, dict):
+        details = f"the handler returned {type(returned).__name__}; it must return a dict or None"
+        entry = failure_entry(item.index, payload, job_type.action, "InvalidResult", details)
+        return FinishedItem(item.index, False, orjson.dumps(entry))
+    entry = success_entry(item.index, payload, job_type.action, returned)
+    try:
+        return FinishedItem(item.index, True, orjson.dumps(entry))
+    except TypeError as exc:
+        details = f"the handler's result is not JSON-serializable: {exc}"
+        entry = failure_entry(item.index, payload, job_type.action, "InvalidResult", details)
+        return FinishedItem(item.index, False, orjson.dumps(entry))
+
+
+def _decode(payload: bytes) -> dict[str, Any]:
+    item = orjson.loads(payload)
+    return item if isinstance(item, dict) else {}
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, ItemFailed):
+        return exc.error, exc.details
+    return type(exc).__name__, str(exc) or repr(exc)
+
+
+class Batch:
+    """One claimed batch while it runs: items still to start, results not yet reported."""
+
+    def __init__(self, claim: Claim, job_type: JobType) -> None:
+        self.claim = claim
+        self.job_type = job_type
+        self.todo: deque[ClaimedItem] = deque(claim.items)
+        self.done: list[FinishedItem] = []
+        self.message: str | None = None
+        self.aborted: str | None = None
+        self.stopped = False  # no new item starts once set
+        self.lock = threading.Lock()
+
+    def next_item(self) -> ClaimedItem | None:
+        """The next item to start, or None when the batch is drained or stopped."""
+        if self.stopped:
+            return None
+        try:
+            return self.todo.popleft()
+        except IndexError:
+            return None
+
+    def record(self, result: FinishedItem, ctx: Context) -> None:
+        """Keep a result (and the message its handler reported) until the next flush."""
+        with self.lock:
+            self.done.append(result)
+            if ctx.reported is not None:
+                self.message = ctx.reported
+
+    def take(self) -> tuple[list[FinishedItem], str | None]:
+        """The results and message gathered since the last flush."""
+        with self.lock:
+            done, self.done = self.done, []
+            message, self.message = self.message, None
+        return done, message
+
+
+class Worker:
+    """Runs the handlers of an App against the queue until asked to stop."""
+
+    def __init__(self, service: Service, app: App, worker_id: str | None = None) -> None:
+        self.service = service
+        self.app = app
+        self.settings = service.settings
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.job_types = app.names()
+        self.concurrency = self.settings.concurrency
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="joblot-handler")
+        self._item_slots = asyncio.Semaphore(self.concurrency)
+        self._batches: dict[int, Batch] = {}
+        self._claim_size = min(self.settings.batch_size, self.concurrency * 2)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the worker to stop: no new claims; running items finish and are reported."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Claim and run batches until `stop()`; then drain and hand back what never started."""
+        helpers = [asyncio.create_task(self._every(self.settings.lease_seconds / 3,
+                                                   self._renew_leases)),
+                   asyncio.create_task(self._every(max(0.2, self.settings.lease_seconds / 2),
+                                                   self._requeue_expired)),
+                   asyncio.create_task(self._every(PURGE_SECONDS, self._purge))]
+        running: set[asyncio.Task[None]] = set()
+        try:
+            await self._claim_loop(running)
+        finally:
+            for batch in self._batches.values():
+                batch.stopped = True
+            if running:
+                await asyncio.wait(running)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            self._threads.shutdown(wait=True)
+
+    async def _claim_loop(self, running: set[asyncio.Task[None]]) -> None:
+        in_flight = asyncio.Semaphore(2)  # one batch runs while the next is claimed/reported
+        while not self._stopping.is_set():
+            await in_flight.acquire()
+            claim = await self._claim()
+            if claim is None:
+                in_flight.release()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(),
+                                           self.settings.idle_poll_seconds)
+                continue
+            task = asyncio.create_task(self._run_batch(claim))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: in_flight.release())
+
+    async def _claim(self) -> Claim | None:
+        try:
+            return await self.service.claim_items(self.worker_id, self.job_types,
+                                                  self._claim_size)
+        except JoblotError as exc:
+            log.warning("claim failed, retrying: %s", exc.description)
+        except Exception:
+            log.exception("claim failed unexpectedly, retrying")
+        return None
+
+    async def _run_batch(self, claim: Claim) -> None:
+        job_type = self.app.get(claim.job_type)
+        assert job_type is not None  # only registered types are claimed
+        batch = Batch(claim, job_type)
+        self._batches[claim.lease_id] = batch
+        started = time.monotonic()
+        flusher = asyncio.create_task(self._flush_periodically(batch))
+        try:
+            await self._run_items(batch)
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self._conclude(batch)
+            del self._batches[claim.lease_id]
+        self._adapt_claim_size(len(claim.items), time.monotonic() - started)
+
+    async def _run_items(self, batch: Batch) -> None:
+        runners = min(self.concurrency, len(batch.claim.items))
+        if batch.job_type.is_async:
+            await asyncio.gather(*(self._run_async(batch) for _ in range(runners)))
+        else:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(self._threads, self._run_sync, batch)
+                                   for _ in range(runners)))
+
+    def _run_sync(self, batch: Batch) -> None:
+        """Runs in a handler thread: start items until the batch is drained or stopped."""
+        handler = batch.job_type.handler
+        while (item := batch.next_item()) is not None:
+            ctx = self._context(batch, item)
+            try:
+                returned = handler(_decode(item.payload), ctx)
+            except JobAborted as exc:
+                self._abort(batch, exc)
+                return
+            except Exception as exc:
+                returned = exc
+            batch.record(run_item(batch.job_type, batch.claim.job_id, item, returned), ctx)
+
+    async def _run_async(self, batch: Batch) -> None:
+        handler: Callable[..., Awaitable[Any]] = batch.job_type.handler
+        while (item := batch.next_item()) is not None:
+            ctx = self._context(batch, item)
+            async with self._item_slots:
+                try:
+                    returned = await handler(_decode(item.payload), ctx)
+                except JobAborted as exc:
+                    self._abort(batch, exc)
+                    return
+                except Exception as exc:
+                    returned = exc
+            batch.record(run_item(batch.job_type, batch.claim.job_id, item, returned), ctx)
+
+    @staticmethod
+    def _context(batch: Batch, item: ClaimedItem) -> Context:
+        return Context(batch.claim.job_id, batch.job_type.name, item.index, item.attempt)
+
+    @staticmethod
+    def _abort(batch: Batch, exc: JobAborted) -> None:
+        batch.aborted = exc.message
+        batch.stopped = True
+
+    async def _flush_periodically(self, batch: Batch) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self._flush(batch, final=False)
+
+    async def _flush(self, batch: Batch, final: bool) -> None:
+        done, message = batch.take()
+        if not done and message is None and not final:
+            return
+        try:
+            outcome = await self.service.finish_items(batch.claim.lease_id, done, message, final)
+        except JoblotError as exc:
+            log.warning("could not report %d results of job %s: %s", len(done),
+                        batch.claim.job_id, exc.description)
+            batch.stopped = True
+            return
+        if not outcome.accepted:
+            log.warning("lease %d of job %s lapsed or was revoked; %d results refused",
+                        batch.claim.lease_id, batch.claim.job_id, len(done))
+            batch.stopped = True
+        elif outcome.job_status is not None and outcome.job_status.finished and batch.todo:
+            batch.stopped = True  # the job ended (failure threshold): start nothing more
+
+    async def _conclude(self, batch: Batch) -> None:
+        """Report the last results; abort the job, or hand back items that never started."""
+        unstarted = bool(batch.todo)
+        await self._flush(batch, final=not unstarted and batch.aborted is None)
+        if batch.aborted is not None:
+            await self.service.abort_job(batch.claim.job_id, batch.aborted)
+        elif unstarted:
+            with contextlib.suppress(JoblotError):
+                await self.service.release_lease(batch.claim.lease_id)
+
+    def _adapt_claim_size(self, count: int, seconds: float) -> None:
+        rate = count / max(seconds, 1e-6)
+        wanted = int(rate * TARGET_BATCH_SECONDS)
+        grown = min(wanted, self._claim_size * 4)
+        self._claim_size = max(self.concurrency, min(self.settings.batch_size, grown))
+
+    async def _renew_leases(self) -> None:
+        held = list(self._batches)
+        if not held:
+            return
+        alive = await self.service.renew_leases(held)
+        for lease_id in held:
+            batch = self._batches.get(lease_id)
+            if lease_id not in alive and batch is not None:
+                log.warning("lease %d of job %s was lost; stopping that batch", lease_id,
+                            batch.claim.job_id)
+                batch.stopped = True
+
+    async def _requeue_expired(self) -> None:
+        count = await self.service.requeue_expired()
+        if count:
+            log.info("returned %d items of lapsed leases to the queue", count)
+
+    async def _purge(self) -> None:
+        count = await self.service.purge_expired()
+        if count:
+            log.info("purged %d jobs past their retention", count)
+
+    async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await action()
+            except JoblotError as exc:
+                log.warning("%s failed: %s", action.__name__, exc.description)
+            await asyncio.sleep(seconds)
