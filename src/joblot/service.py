@@ -178,6 +178,10 @@ class Service:
         return await self.store.requeue_expired(self.clock(), self.settings.max_attempts,
                                                 self.settings.retention_seconds)
 
+    async def wait_for_work(self, timeout: float) -> None:
+        """Sleep until new work may be there (woken early where the backend can notify)."""
+        await self.store.wait_for_work(timeout)
+
     async def purge_expired(self) -> int:
         """Delete finished jobs past their retention."""
         return await self.store.purge_expired(self.clock())

@@ -146,14 +146,24 @@ class Worker:
             claim = await self._claim()
             if claim is None:
                 in_flight.release()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(),
-                                           self.settings.idle_poll_seconds)
+                await self._idle()
                 continue
             task = asyncio.create_task(self._run_batch(claim))
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _: in_flight.release())
+
+    async def _idle(self) -> None:
+        """Wait for work, a stop request, or the poll interval, whichever comes first."""
+        waits = [asyncio.create_task(self._stopping.wait()),
+                 asyncio.create_task(self.service.wait_for_work(self.settings.idle_poll_seconds))]
+        try:
+            await asyncio.wait(waits, timeout=self.settings.idle_poll_seconds * 2,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def _claim(self) -> Claim | None:
         try:

@@ -150,6 +150,9 @@ class Store(Protocol):
     async def purge_expired(self, now: float) -> int:
         """Delete jobs whose retention has passed; return how many."""
 
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new items may be claimable, or after `timeout` seconds at the latest."""
+
     async def close(self) -> None:
         """Release connections and threads."""
 

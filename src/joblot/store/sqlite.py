@@ -118,6 +118,11 @@ class SQLiteStore:
             raise
         conn.execute("COMMIT")
 
+    async def wait_for_work(self, timeout: float) -> None:
+        """Differs by necessity from PostgreSQL: SQLite has no notifications, so idle workers
+        poll (one cheap indexed read per `idle_poll_seconds`)."""
+        await asyncio.sleep(timeout)
+
     async def close(self) -> None:
         """Close every connection and stop the threads."""
         self._writer.shutdown(wait=True)
