@@ -88,3 +88,25 @@ def load_settings(
         if value is not None:
             values[name] = value
     return Settings(**values)
+
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Where the client commands find the server: `--url`/JOBLOT_URL, `--token`/JOBLOT_TOKEN."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+
+
+def load_client_settings(
+    url: str | None, token: str | None, environ: Mapping[str, str] | None = None
+) -> ClientSettings:
+    """Client settings from flags, then env, then defaults."""
+    env = os.environ if environ is None else environ
+    return ClientSettings(
+        url=(url or env.get("JOBLOT_URL") or DEFAULT_URL).rstrip("/"),
+        token=token or env.get("JOBLOT_TOKEN") or None,
+    )

@@ -181,13 +181,14 @@ class Worker:
         batch = Batch(claim, job_type)
         self._batches[claim.lease_id] = batch
         started = time.monotonic()
-        flusher = asyncio.create_task(self._flush_periodically(batch))
+        ran = asyncio.Event()
+        # The flusher is never cancelled: a report cut off mid-way could be lost.
+        flusher = asyncio.create_task(self._flush_periodically(batch, ran))
         try:
             await self._run_items(batch)
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            ran.set()
+            await flusher
             await self._conclude(batch)
             del self._batches[claim.lease_id]
         self._adapt_claim_size(len(claim.items), time.monotonic() - started)
@@ -238,9 +239,12 @@ class Worker:
         batch.aborted = exc.message
         batch.stopped = True
 
-    async def _flush_periodically(self, batch: Batch) -> None:
+    async def _flush_periodically(self, batch: Batch, ran: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(FLUSH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ran.wait(), FLUSH_SECONDS)
+            if ran.is_set():
+                return
             await self._flush(batch, final=False)
 
     async def _flush(self, batch: Batch, final: bool) -> None:

@@ -395,7 +395,7 @@ class SQLiteStore:
             new = after_finish(old, len(items), failed, message, now)
             self._save_state(conn, job_id, old, new, now, retention)
             if final:
-                conn.execute(self._q["leases.release"], {"lease_id": lease_id})
+                conn.execute(self._q["leases.release_if_done"], {"lease_id": lease_id})
         return Finish(accepted=True, job_status=new.status)
 
     async def renew_leases(self, lease_ids: list[int], now: float, until: float) -> set[int]:

@@ -111,6 +111,13 @@ INSERT INTO results (job_id, idx, success, entry) VALUES (?, ?, ?, ?);
 -- name: leases.release
 DELETE FROM leases WHERE id = :lease_id;
 
+-- name: leases.release_if_done
+-- A lease is released only once none of its items is left: a leftover item must stay
+-- covered, so that when the lease lapses the item goes back to the queue.
+DELETE FROM leases WHERE id = :lease_id AND NOT EXISTS (
+    SELECT 1 FROM items WHERE lease_id = :lease_id AND state = 'leased'
+);
+
 -- name: leases.revoke_job
 -- A finished job is frozen: its outstanding leases are revoked so late results are refused.
 DELETE FROM leases WHERE job_id = :job_id;

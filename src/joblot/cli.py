@@ -1,0 +1,259 @@
+"""The `joblot` command: run the service, and submit, follow, list and cancel jobs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import orjson
+
+from joblot import __version__
+from joblot.client import Client
+from joblot.config import load_client_settings, load_settings
+from joblot.errors import ClientError, JoblotError
+from joblot.models import JobStatus
+
+
+class UsageError(Exception):
+    """A problem with what the user typed or the files they gave; exit status 2."""
+
+
+# -- server commands --------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start the HTTP API and its embedded workers."""
+    from joblot.server import configure_logging, serve
+
+    settings = load_settings({"database_url": args.db, "host": args.host, "port": args.port,
+                              "app": args.app, "workers": args.workers,
+                              "public_url": args.public_url})
+    configure_logging(settings.log_level)
+    serve(settings)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a worker process."""
+    from joblot.server import configure_logging, run_worker
+
+    settings = load_settings({"database_url": args.db, "app": args.app,
+                              "concurrency": args.concurrency})
+    configure_logging(settings.log_level)
+    run_worker(settings)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the missing schema migrations."""
+    from joblot.server import migrate
+
+    settings = load_settings({"database_url": args.db})
+    applied = asyncio.run(migrate(settings))
+    if applied:
+        print(f"applied migration(s) {', '.join(map(str, applied))} to {settings.database_url}")
+    else:
+        print(f"{settings.database_url} is up to date")
+    return 0
+
+
+# -- client commands --------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    settings = load_client_settings(args.url, args.token)
+    return Client(settings.url, settings.token)
+
+
+def _print_status(status: JobStatus, out: TextIO = sys.stdout) -> None:
+    body = {"job_status": status.model_dump(mode="json")}
+    out.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def read_items(path: str | None, stdin: TextIO = sys.stdin) -> list[Any]:
+    """Items from a JSON array or a JSON-lines file (or stdin when `path` is None)."""
+    if path is None:
+        text, name = stdin.read(), "stdin"
+    else:
+        try:
+            text, name = Path(path).read_text("utf-8"), path
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read items from {path}: {exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            items = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"{name} is not a valid JSON array: {exc}") from None
+        return list(items)
+    items = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                items.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise UsageError(f"{name}, line {number}: not valid JSON: {exc}") from None
+    if not items:
+        raise UsageError(f"{name} holds no items (give a JSON array or one JSON object a line)")
+    return items
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a job and print its JobStatus."""
+    items = read_items(args.items)
+    with _client(args) as client:
+        status = client.submit(args.job_type, items, idempotency_key=args.idempotency_key)
+    _print_status(status)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print one JobStatus."""
+    with _client(args) as client:
+        _print_status(client.get(args.id))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job and print its JobStatus."""
+    with _client(args) as client:
+        _print_status(client.cancel(args.id))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print jobs, unfinished first, one line each."""
+    with _client(args) as client:
+        print(f"{'ID':32}  {'JOB TYPE':20}  {'STATUS':9}  {'PROGRESS':>15}  MESSAGE")
+        for count, status in enumerate(client.list(page_size=min(args.limit, 100)), 1):
+            done = "-" if status.progress is None else str(status.progress)
+            progress = f"{done}/{status.total}"
+            print(f"{status.id:32}  {status.job_type[:20]:20}  {status.status.value:9}  "
+                  f"{progress:>15}  {status.message or ''}")
+            if count >= args.limit:
+                break
+    return 0
+
+
+def progress_line(status: JobStatus, rate: float | None, width: int = 30) -> str:
+    """`[####------]  1,234/20,000   6%  working  1,234 items/s  ETA 0:00:14`."""
+    total, done = status.total or 0, status.progress or 0
+    share = done / total if total else 0.0
+    filled = int(share * width)
+    text = (f"[{'#' * filled}{'-' * (width - filled)}] {done:,}/{total:,} {share:4.0%}  "
+            f"{status.status.value}")
+    if rate:
+        text += f"  {rate:,.0f} items/s"
+        if not status.finished and total > done:
+            eta = int((total - done) / rate)
+            text += f"  ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+    return text
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Follow a job with a live progress bar; exit 0 if it completes, 1 if it fails."""
+    tty = sys.stdout.isatty()
+    with _client(args) as client:
+        status = client.get(args.id)
+        first_seen: tuple[float, int] | None = None
+        while True:
+            now, done = time.monotonic(), status.progress or 0
+            if first_seen is None and status.progress is not None:
+                first_seen = (now, done)
+            rate = None
+            if first_seen is not None and now > first_seen[0]:
+                rate = (done - first_seen[1]) / (now - first_seen[0]) or None
+            line = progress_line(status, rate)
+            sys.stdout.write(f"\r\x1b[2K{line}" if tty else f"{line}\n")
+            sys.stdout.flush()
+            if status.finished:
+                break
+            time.sleep(args.interval)
+            status = client.get(args.id)
+    print(("\n" if tty else "") + (status.message or status.status.value))
+    return 0 if status.status.value == "completed" else 1
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _server_flags(p: argparse.ArgumentParser, app: bool = True) -> None:
+    p.add_argument("--db", metavar="URL",
+                   help="database URL (default: env JOBLOT_DATABASE_URL, else sqlite:///joblot.db)")
+    if app:
+        p.add_argument("--app", metavar="MODULE:ATTR",
+                       help="the joblot.App with your job types (default: the demo app)")
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="joblot server (default: env JOBLOT_URL, else "
+                                 "http://127.0.0.1:8000)")
+    p.add_argument("--token", help="API token (default: env JOBLOT_TOKEN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the joblot command."""
+    parser = argparse.ArgumentParser(prog="joblot", description="Batch jobs with job statuses.")
+    parser.add_argument("--version", action="version", version=f"joblot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int],
+                text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(run=fn)
+        return p
+
+    p = command("serve", cmd_serve, "run the HTTP API with embedded worker processes")
+    _server_flags(p)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (default 1)")
+    p.add_argument("--public-url", help="base of JobStatus urls (default: the request's)")
+    p = command("worker", cmd_worker, "run a worker process only")
+    _server_flags(p)
+    p.add_argument("--concurrency", type=int, metavar="N", help="items run at once (default 4)")
+    _server_flags(command("migrate", cmd_migrate, "bring the database schema up to date"),
+                  app=False)
+    p = command("submit", cmd_submit, "submit a job and print its JobStatus")
+    p.add_argument("job_type")
+    p.add_argument("--items", metavar="FILE", help="JSON array or JSON lines (default: stdin)")
+    p.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
+    _client_flags(p)
+    for name, fn, text in (("status", cmd_status, "print a JobStatus"),
+                           ("watch", cmd_watch, "follow a job with a live progress bar"),
+                           ("cancel", cmd_cancel, "cancel a job")):
+        p = command(name, fn, text)
+        p.add_argument("id")
+        _client_flags(p)
+        if name == "watch":
+            p.add_argument("--interval", type=float, default=0.5, help="seconds between refreshes")
+    p = command("list", cmd_list, "list jobs, unfinished first")
+    p.add_argument("--limit", type=int, default=100, help="show at most this many (100)")
+    _client_flags(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the joblot command; return its exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except UsageError as exc:
+        print(f"joblot: {exc}", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"joblot: the server answered {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"joblot: cannot reach the joblot server: {exc}", file=sys.stderr)
+        return 1
+    except JoblotError as exc:
+        print(f"joblot: {exc.description}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

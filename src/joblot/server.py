@@ -1,0 +1,147 @@
+"""Running joblot processes: the API server with its embedded workers, and a worker alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import uvicorn
+
+from joblot.api import create_app
+from joblot.app import App, load_app
+from joblot.config import Settings
+from joblot.errors import SchemaOutOfDate
+from joblot.service import Service
+from joblot.store import Store, open_store
+from joblot.worker import Worker
+
+log = logging.getLogger("joblot.server")
+
+
+def configure_logging(level: str) -> None:
+    """One log format for every joblot process."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+
+
+async def prepare_store(settings: Settings, migrate_if_empty: bool) -> Store:
+    """Open the store and check its schema; an empty database is migrated when allowed."""
+    store = open_store(settings.database_url)
+    try:
+        applied, latest = await store.schema_version()
+        if applied == 0 and migrate_if_empty:
+            log.info("empty database: applying %d migration(s)", latest)
+            await store.migrate()
+        elif applied < latest:
+            raise SchemaOutOfDate(f"the database schema is at version {applied}, this joblot "
+                                  f"needs {latest}: run `joblot migrate --db ...` first")
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def migrate(settings: Settings) -> list[int]:
+    """Bring the database schema up to date; return the migrations applied."""
+    store = open_store(settings.database_url)
+    try:
+        return await store.migrate()
+    finally:
+        await store.close()
+
+
+# -- worker process ---------------------------------------------------------------------------
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker until SIGTERM or SIGINT, then stop gracefully."""
+    app = load_app(settings.app)
+    asyncio.run(_work(settings, app))
+
+
+async def _work(settings: Settings, app: App) -> None:
+    store = await prepare_store(settings, migrate_if_empty=False)
+    worker = Worker(Service(store, app, settings), app)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    log.info("worker %s started: job types %s, concurrency %d", worker.worker_id,
+             ", ".join(app.names()), settings.concurrency)
+    try:
+        await worker.run()
+    finally:
+        await store.close()
+    log.info("worker %s stopped", worker.worker_id)
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+class WorkerPool:
+    """The embedded worker processes of `joblot serve`, restarted if one dies."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = settings
+        self.count = count
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="joblot-workers", daemon=True)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.settings.to_env()}
+        return subprocess.Popen([sys.executable, "-m", "joblot", "worker"], env=env)
+
+    def start(self) -> None:
+        """Start the worker processes and a thread that restarts any that dies."""
+        self.procs = [self._spawn() for _ in range(self.count)]
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None and not self._stopping.is_set():
+                    log.warning("worker process %d exited with %s; starting another",
+                                proc.pid, proc.returncode)
+                    self.procs[i] = self._spawn()
+
+    def stop(self) -> None:
+        """SIGTERM every worker, give it time to finish its items, then kill what is left."""
+        self._stopping.set()
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.lease_seconds + 10
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def serve(settings: Settings) -> None:
+    """The HTTP API in this process plus `settings.workers` worker processes."""
+    app = load_app(settings.app)
+    loop = asyncio.new_event_loop()
+    store = loop.run_until_complete(prepare_store(settings, migrate_if_empty=True))
+    service = Service(store, app, settings)
+    pool = WorkerPool(settings, settings.workers)
+    pool.start()
+    log.info("joblot serving on http://%s:%d (database %s, %d worker process(es))",
+             settings.host, settings.port, settings.database_url, settings.workers)
+    config = uvicorn.Config(create_app(service, on_close=store.close), host=settings.host,
+                            port=settings.port, log_level=settings.log_level.lower(),
+                            access_log=False, loop="asyncio", lifespan="on")
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(uvicorn.Server(config).serve())
+    finally:
+        pool.stop()
+        loop.close()

@@ -1,0 +1,133 @@
+"""Fixtures that run the real `joblot` command as processes and talk to it over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+JOBLOT = str(Path(sys.executable).with_name("joblot"))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A running `joblot serve` process."""
+
+    def __init__(self, db: str, workers: int, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = db
+        self.env = env
+        self.log = log
+        self._out = log.open("ab")
+        self.proc = subprocess.Popen(
+            [JOBLOT, "serve", "--db", db, "--port", str(self.port), "--workers", str(workers)],
+            env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"joblot serve exited early:\n{self.log.read_text()}")
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"joblot serve did not answer in 30 s:\n{self.log.read_text()}")
+
+    def submit(self, job_type: str, items: list[dict[str, Any]], **headers: str) -> Any:
+        """POST a job; return the JobStatus."""
+        response = self.http.post("/api/v2/jobs", headers=headers,
+                                  json={"job": {"job_type": job_type, "items": items}})
+        assert response.status_code == 202, response.text
+        return response.json()["job_status"]
+
+    def status(self, job_id: str) -> Any:
+        """GET a JobStatus."""
+        response = self.http.get(f"/api/v2/job_statuses/{job_id}.json")
+        assert response.status_code == 200, response.text
+        return response.json()["job_status"]
+
+    def wait(self, job_id: str, timeout: float = 60, until: tuple[str, ...] = (
+            "completed", "failed")) -> Any:
+        """Poll until the job reaches one of `until`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(job_id)
+            if status["status"] in until:
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job still {status['status']} after {timeout} s: {status}")
+            time.sleep(0.05)
+
+    def all_results(self, job_id: str, size: int = 100) -> list[dict[str, Any]]:
+        """Every result entry, walking the results pages to the end."""
+        entries: list[dict[str, Any]] = []
+        url: str | None = f"/api/v2/job_statuses/{job_id}/results.json?page[size]={size}"
+        while url:
+            body = self.http.get(url).json()
+            entries.extend(body["results"])
+            url = body["links"]["next"]
+        return entries
+
+    def stop(self) -> None:
+        """SIGTERM the server (and its workers) and wait for it."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.http.close()
+        self._out.close()
+
+
+@pytest.fixture
+def joblot_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for joblot processes: short leases so lost items come back quickly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBLOT_")}
+    env.update(JOBLOT_LEASE_SECONDS="1", JOBLOT_LOG_LEVEL="info")
+    return env
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, joblot_env: dict[str, str]) -> Iterator[Any]:
+    """Start `joblot serve` processes; all are stopped at the end of the test."""
+    servers: list[Server] = []
+
+    def start(workers: int = 1, db: str | None = None) -> Server:
+        database = db or f"sqlite:///{tmp_path}/joblot.db"
+        server = Server(database, workers, joblot_env, tmp_path / f"serve{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def run_cli(*args: str, env: dict[str, str], stdin: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the `joblot` command as a real process."""
+    return subprocess.run([JOBLOT, *args], env=env, input=stdin, capture_output=True,
+                          text=True, timeout=timeout, check=False)
