@@ -1,0 +1,82 @@
+"""The `joblot` client commands as real processes against a real server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .conftest import run_cli
+
+
+def _env(env: dict[str, str], server: Any) -> dict[str, str]:
+    return {**env, "JOBLOT_URL": server.url}
+
+
+def test_submit_from_a_jsonl_file_then_watch_until_completed(
+        start_server: Any, joblot_env: dict[str, str], tmp_path: Path) -> None:
+    server = start_server(workers=1)
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": i, "seconds": 0.05}) + "\n" for i in range(20)))
+    submitted = run_cli("submit", "demo.sleep", "--items", str(items),
+                        env=_env(joblot_env, server))
+    assert submitted.returncode == 0, submitted.stderr
+    status = json.loads(submitted.stdout)["job_status"]
+    assert status["total"] == 20 and status["job_type"] == "demo.sleep"
+    watched = run_cli("watch", status["id"], env=_env(joblot_env, server))
+    assert watched.returncode == 0, watched.stderr
+    assert "20/20" in watched.stdout and "Completed at" in watched.stdout
+    shown = run_cli("status", status["id"], "--url", server.url, env=joblot_env)
+    assert json.loads(shown.stdout)["job_status"]["progress"] == 20
+    listed = run_cli("list", env=_env(joblot_env, server))
+    assert status["id"] in listed.stdout and "completed" in listed.stdout
+
+
+def test_submit_reads_a_json_array_from_stdin_and_cancel_stops_it(
+        start_server: Any, joblot_env: dict[str, str]) -> None:
+    server = start_server(workers=0)
+    env = _env(joblot_env, server)
+    submitted = run_cli("submit", "demo.echo", env=env, stdin='[{"id": 1}, {"id": 2}]')
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_status"]["id"]
+    cancelled = run_cli("cancel", job_id, env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    status = json.loads(cancelled.stdout)["job_status"]
+    assert status["status"] == "failed"
+    assert status["message"] == "Cancelled: 2 of 2 items were skipped"
+    watched = run_cli("watch", job_id, env=env)
+    assert watched.returncode == 1 and "Cancelled" in watched.stdout
+
+
+def test_client_commands_fail_clearly(start_server: Any, joblot_env: dict[str, str],
+                                      tmp_path: Path) -> None:
+    server = start_server(workers=0)
+    env = _env(joblot_env, server)
+    unknown = run_cli("submit", "no.such.type", env=env, stdin='[{"id": 1}]')
+    assert unknown.returncode == 1 and "UnknownJobType" in unknown.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n{"id": \n')
+    malformed = run_cli("submit", "demo.echo", "--items", str(bad), env=env)
+    assert malformed.returncode == 2 and "line 2" in malformed.stderr
+    missing = run_cli("submit", "demo.echo", "--items", str(tmp_path / "none.json"), env=env)
+    assert missing.returncode == 2 and "cannot read items" in missing.stderr
+    not_found = run_cli("status", "0" * 32, env=env)
+    assert not_found.returncode == 1 and "RecordNotFound" in not_found.stderr
+    unreachable = run_cli("status", "0" * 32, "--url", "http://127.0.0.1:9", env=joblot_env)
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+
+
+def test_migrate_reports_what_it_applied(joblot_env: dict[str, str], tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/m.db"
+    first = run_cli("migrate", "--db", db, env=joblot_env)
+    assert first.returncode == 0 and "applied migration(s) 1" in first.stdout
+    second = run_cli("migrate", "--db", db, env=joblot_env)
+    assert second.returncode == 0 and "up to date" in second.stdout
+    bad = run_cli("migrate", "--db", "sqlite:////no/such/dir/x.db", env=joblot_env)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+def test_worker_refuses_an_unmigrated_database(joblot_env: dict[str, str],
+                                               tmp_path: Path) -> None:
+    result = run_cli("worker", "--db", f"sqlite:///{tmp_path}/empty.db", env=joblot_env)
+    assert result.returncode == 1 and "joblot migrate" in result.stderr

@@ -1,0 +1,139 @@
+"""`joblot serve` and `joblot worker` as real processes, over real HTTP, on SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from .conftest import JOBLOT
+
+
+def test_a_job_with_failing_items_completes_with_per_item_results(start_server: Any) -> None:
+    server = start_server(workers=1)
+    queued = server.submit("demo.echo", [{"id": 1}, {"id": 2, "fail": "bad row"}, {}])
+    assert queued["status"] == "queued" and queued["progress"] is None
+    assert queued["url"] == f"{server.url}/api/v2/job_statuses/{queued['id']}.json"
+    final = server.wait(queued["id"])
+    assert final["status"] == "completed"
+    assert (final["total"], final["progress"]) == (3, 3)
+    assert final["message"].startswith("Completed at ")
+    assert final["results"] == [
+        {"index": 0, "id": 1, "action": "echo", "status": "Echoed", "success": True},
+        {"index": 1, "id": 2, "action": "echo", "success": False, "error": "DemoFailure",
+         "details": "bad row"},
+        {"index": 2, "action": "echo", "status": "Echoed", "success": True},
+    ]
+
+
+def test_cancel_stops_a_running_job_and_counts_the_skipped_items(start_server: Any) -> None:
+    server = start_server(workers=1)
+    job = server.submit("demo.sleep", [{"id": i, "seconds": 0.1} for i in range(200)])
+    server.wait(job["id"], until=("working",))
+    time.sleep(0.3)
+    response = server.http.post(f"/api/v2/job_statuses/{job['id']}/cancel.json")
+    assert response.status_code == 200, response.text
+    cancelled = response.json()["job_status"]
+    assert cancelled["status"] == "failed"
+    skipped = 200 - cancelled["progress"]
+    assert 0 < skipped < 200
+    assert cancelled["message"] == f"Cancelled: {skipped} of 200 items were skipped"
+    time.sleep(1.0)  # items that were running when it was cancelled must not be counted
+    later = server.status(job["id"])
+    assert later["progress"] == cancelled["progress"]
+    assert len(server.all_results(job["id"])) == cancelled["progress"]
+    again = server.http.post(f"/api/v2/job_statuses/{job['id']}/cancel")
+    assert again.status_code == 409 and again.json()["error"] == "JobFinished"
+
+
+def test_idempotent_resubmit_returns_the_same_job(start_server: Any) -> None:
+    server = start_server(workers=0)
+    items = [{"id": 1}, {"id": 2}]
+    first = server.submit("demo.echo", items, **{"Idempotency-Key": "order-42"})
+    body = {"job": {"job_type": "demo.echo", "items": items}}
+    retry = server.http.post("/api/v2/jobs", json=body, headers={"Idempotency-Key": "order-42"})
+    assert retry.status_code == 202
+    assert retry.json()["job_status"]["id"] == first["id"]
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    other = server.http.post("/api/v2/jobs", headers={"Idempotency-Key": "order-42"},
+                             json={"job": {"job_type": "demo.echo", "items": [{"id": 3}]}})
+    assert other.status_code == 409 and other.json()["error"] == "IdempotencyKeyReused"
+    listed = server.http.get("/api/v2/job_statuses.json").json()["job_statuses"]
+    assert [j["id"] for j in listed] == [first["id"]]
+
+
+def test_pagination_walks_every_job_once_forward_and_back(start_server: Any) -> None:
+    server = start_server(workers=1)
+    finished = [server.submit("demo.echo", [{"id": i}])["id"] for i in range(6)]
+    for job_id in finished:
+        server.wait(job_id)
+    server.stop()
+    server = start_server(workers=0)  # the rest stay queued
+    queued = [server.submit("demo.echo", [{"id": i}])["id"] for i in range(7)]
+    pages, url = [], "/api/v2/job_statuses.json?page[size]=4"
+    while url:
+        body = server.http.get(url).json()
+        assert body["meta"]["has_more"] == (body["links"]["next"] is not None)
+        pages.append([j["id"] for j in body["job_statuses"]])
+        url = body["links"]["next"]
+    walked = [job_id for page in pages for job_id in page]
+    assert [len(p) for p in pages] == [4, 4, 4, 1]
+    # unfinished first (newest first), then finished ones by completion time, newest first
+    assert walked == list(reversed(queued)) + list(reversed(finished))
+    back, url = [], pages and body["links"]["prev"]
+    while url:
+        body = server.http.get(url).json()
+        back = [j["id"] for j in body["job_statuses"]] + back
+        url = body["links"]["prev"]
+    assert back == walked[:-1]
+
+
+def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
+        start_server: Any, joblot_env: dict[str, str], tmp_path: Path) -> None:
+    server = start_server(workers=0)
+    env = {**joblot_env, "JOBLOT_DATABASE_URL": server.db}
+
+    def worker(name: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"{name}.log").open("wb") as log:
+            return subprocess.Popen([JOBLOT, "worker", "--concurrency", "8"], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    job = server.submit("demo.sleep", [{"id": i, "seconds": 0.004} for i in range(3000)])
+    first = worker("first")
+    deadline = time.monotonic() + 60
+    while (server.status(job["id"])["progress"] or 0) < 600:
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    at_kill = server.status(job["id"])
+    assert at_kill["status"] == "working" and at_kill["progress"] < 3000
+    second = worker("second")
+    try:
+        final = server.wait(job["id"], timeout=120)
+    finally:
+        second.terminate()
+        second.wait(30)
+    assert final["status"] == "completed" and final["progress"] == final["total"] == 3000
+    entries = server.all_results(job["id"])
+    assert sorted(e["index"] for e in entries) == list(range(3000))
+    assert all(e["success"] and e["id"] == e["index"] for e in entries)
+    assert "of lapsed leases to the queue" in (tmp_path / "second.log").read_text()
+
+
+def test_a_small_job_finishes_promptly_while_a_big_one_runs(start_server: Any) -> None:
+    server = start_server(workers=1)
+    big = server.submit("demo.sleep", [{"id": i, "seconds": 0.01} for i in range(3000)])
+    server.wait(big["id"], until=("working",))
+    started = time.monotonic()
+    small = server.submit("demo.echo", [{"id": i} for i in range(10)])
+    done = server.wait(small["id"], timeout=30)
+    took = time.monotonic() - started
+    assert done["status"] == "completed"
+    big_now = server.status(big["id"])
+    assert big_now["status"] == "working", "the small job should not wait for the big one"
+    assert took < big_now["total"] * 0.01 / 4, f"small job took {took:.2f} s"
