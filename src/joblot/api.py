@@ -140,13 +140,24 @@ def decode_cursor(cursor: str | None, pattern: re.Pattern[str]) -> str | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         value = ""
     if len(cursor) > 200 or not pattern.fullmatch(value):
-        raise InvalidParameter("page[after] / page[before] is not a cursor this server made; "
-                               "use the cursors from meta or links")
+        raise InvalidParameter(
+            "page[after] / page[before] is not a cursor this server made; "
+            "use the cursors from meta or links"
+        )
     return value
 
 
-def page_body(request: Request, key: str, rows: list[Any], cursors: list[str], has_more: bool,
-              went_back: bool, started_after: bool, size: int, base: str) -> dict[str, Any]:
+def page_body(
+    request: Request,
+    key: str,
+    rows: list[Any],
+    cursors: list[str],
+    has_more: bool,
+    went_back: bool,
+    started_after: bool,
+    size: int,
+    base: str,
+) -> dict[str, Any]:
     """A Zendesk cursor-paginated body: the rows, `meta` and `links`."""
     after_cursor = encode_cursor(cursors[-1]) if cursors else None
     before_cursor = encode_cursor(cursors[0]) if cursors else None
@@ -161,10 +172,15 @@ def page_body(request: Request, key: str, rows: list[Any], cursors: list[str], h
 
     return {
         key: rows,
-        "meta": {"has_more": has_more, "after_cursor": after_cursor,
-                 "before_cursor": before_cursor},
-        "links": {"next": link("after", after_cursor) if more_after else None,
-                  "prev": link("before", before_cursor) if more_before else None},
+        "meta": {
+            "has_more": has_more,
+            "after_cursor": after_cursor,
+            "before_cursor": before_cursor,
+        },
+        "links": {
+            "next": link("after", after_cursor) if more_after else None,
+            "prev": link("before", before_cursor) if more_before else None,
+        },
     }
 
 
@@ -172,11 +188,13 @@ async def read_json_body(request: Request, limit: int) -> Any:
     """The request body as JSON, refusing more than `limit` bytes before reading them all."""
     content_type = request.headers.get("content-type", "application/json")
     if "json" not in content_type.lower():
-        raise UnsupportedMediaType(f"send the job as JSON (Content-Type: application/json), "
-                                   f"not {content_type[:100]!r}")
+        raise UnsupportedMediaType(
+            f"send the job as JSON (Content-Type: application/json), not {content_type[:100]!r}"
+        )
     declared = request.headers.get("content-length")
-    too_large = PayloadTooLarge(f"the body is larger than {limit} bytes; "
-                                "split the items into several jobs")
+    too_large = PayloadTooLarge(
+        f"the body is larger than {limit} bytes; split the items into several jobs"
+    )
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
@@ -216,12 +234,16 @@ class Routes:
         doc = await read_json_body(request, self.service.settings.max_body_bytes)
         row, created = await self.service.submit_job(tenant_of(request), doc, key)
         base = base_url(request, self.service)
-        headers = {"Location": status_url(base, row.id), "Retry-After": "1",
-                   "ETag": etag(row.id, row.version)}
+        headers = {
+            "Location": status_url(base, row.id),
+            "Retry-After": "1",
+            "ETag": etag(row.id, row.version),
+        }
         if not created:
             headers["Idempotent-Replayed"] = "true"
-        return JSONResponse({"job_status": render_status(row, base)}, status_code=202,
-                            headers=headers)
+        return JSONResponse(
+            {"job_status": render_status(row, base)}, status_code=202, headers=headers
+        )
 
     async def show_job(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/{id}: the JobStatus, with ETag and long poll."""
@@ -250,12 +272,22 @@ class Routes:
         after, before, size = page_params(request)
         after_key = decode_cursor(after, _LIST_KEY)
         before_key = decode_cursor(before, _LIST_KEY)
-        page: Page[JobRow] = await self.service.list_jobs(tenant_of(request), after_key,
-                                                          before_key, size)
+        page: Page[JobRow] = await self.service.list_jobs(
+            tenant_of(request), after_key, before_key, size
+        )
         base = base_url(request, self.service)
         rows = [render_status(r, base) for r in page.rows]
-        body = page_body(request, "job_statuses", rows, [r.list_key for r in page.rows],
-                         page.has_more, before is not None, after is not None, size, base)
+        body = page_body(
+            request,
+            "job_statuses",
+            rows,
+            [r.list_key for r in page.rows],
+            page.has_more,
+            before is not None,
+            after is not None,
+            size,
+            base,
+        )
         return JSONResponse(body)
 
     async def show_many(self, request: Request) -> Response:
@@ -278,12 +310,24 @@ class Routes:
         after_idx = decode_cursor(after, re.compile(r"\d{1,12}"))
         before_idx = decode_cursor(before, re.compile(r"\d{1,12}"))
         page = await self.service.list_results(
-            tenant_of(request), job_id, None if after_idx is None else int(after_idx),
-            None if before_idx is None else int(before_idx), size)
+            tenant_of(request),
+            job_id,
+            None if after_idx is None else int(after_idx),
+            None if before_idx is None else int(before_idx),
+            size,
+        )
         entries = [orjson.Fragment(entry) for _, entry in page.rows]
-        body = page_body(request, "results", entries, [str(i) for i, _ in page.rows],
-                         page.has_more, before is not None, after is not None, size,
-                         base_url(request, self.service))
+        body = page_body(
+            request,
+            "results",
+            entries,
+            [str(i) for i, _ in page.rows],
+            page.has_more,
+            before is not None,
+            after is not None,
+            size,
+            base_url(request, self.service),
+        )
         return JSONResponse(body)
 
     async def cancel_job(self, request: Request) -> Response:
@@ -313,8 +357,10 @@ def _tags(header: str) -> set[str]:
 
 def _routes(r: Routes) -> list[Route]:
     def both(path: str, endpoint: Endpoint, methods: list[str]) -> list[Route]:
-        return [Route(path, endpoint, methods=methods),
-                Route(f"{path}.json", endpoint, methods=methods)]
+        return [
+            Route(path, endpoint, methods=methods),
+            Route(f"{path}.json", endpoint, methods=methods),
+        ]
 
     return [
         *both(f"{API}/jobs", r.submit_job, ["POST"]),
@@ -338,8 +384,9 @@ async def _joblot_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed(f"{request.method} is not allowed on "
-                                               f"{request.url.path}"))
+        return error_response(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        )
     return error_response(RecordNotFound(f"there is nothing at {request.url.path[:200]}"))
 
 
@@ -349,8 +396,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=500)
 
 
-def create_app(service: Service, on_close: Callable[[], Awaitable[None]] | None = None,
-               ) -> Starlette:
+def create_app(
+    service: Service,
+    on_close: Callable[[], Awaitable[None]] | None = None,
+) -> Starlette:
     """The ASGI app serving `service`; `on_close` runs at shutdown (e.g. to close the store)."""
 
     @asynccontextmanager
@@ -361,7 +410,10 @@ def create_app(service: Service, on_close: Callable[[], Awaitable[None]] | None 
 
     return Starlette(
         routes=_routes(Routes(service)),
-        exception_handlers={JoblotError: _joblot_error, HTTPException: _http_error,
-                            Exception: _unexpected},
+        exception_handlers={
+            JoblotError: _joblot_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
         lifespan=lifespan,
     )

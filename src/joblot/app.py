@@ -13,7 +13,7 @@ from joblot.errors import ConfigError
 Handler = Callable[[dict[str, Any], "Context"], Any]
 
 
-class ItemFailed(Exception):  # noqa: N818 - the name reads as what happened to the item
+class ItemFailed(Exception):
     """Raise from a handler to fail one item with a chosen error name and details."""
 
     def __init__(self, details: str, error: str = "ItemFailed") -> None:
@@ -22,7 +22,7 @@ class ItemFailed(Exception):  # noqa: N818 - the name reads as what happened to 
         self.details = details
 
 
-class JobAborted(Exception):  # noqa: N818 - raised to abort, named for the outcome
+class JobAborted(Exception):
     """Raised by `ctx.abort()`: the whole job stops and ends `failed` with this message."""
 
     def __init__(self, message: str) -> None:
@@ -117,4 +117,3 @@ def load_app(spec: str) -> App:
     if not isinstance(app, App):
         raise ConfigError(f"--app {spec}: {attr!r} in {module_name!r} is not a joblot.App")
     return app
-

@@ -31,9 +31,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Start the HTTP API and its embedded workers."""
     from joblot.server import configure_logging, serve
 
-    settings = load_settings({"database_url": args.db, "host": args.host, "port": args.port,
-                              "app": args.app, "workers": args.workers,
-                              "public_url": args.public_url})
+    settings = load_settings(
+        {
+            "database_url": args.db,
+            "host": args.host,
+            "port": args.port,
+            "app": args.app,
+            "workers": args.workers,
+            "public_url": args.public_url,
+        }
+    )
     configure_logging(settings.log_level)
     serve(settings)
     return 0
@@ -43,8 +50,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker process."""
     from joblot.server import configure_logging, run_worker
 
-    settings = load_settings({"database_url": args.db, "app": args.app,
-                              "concurrency": args.concurrency})
+    settings = load_settings(
+        {"database_url": args.db, "app": args.app, "concurrency": args.concurrency}
+    )
     configure_logging(settings.log_level)
     run_worker(settings)
     return 0
@@ -133,8 +141,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         for count, status in enumerate(client.list(page_size=min(args.limit, 100)), 1):
             done = "-" if status.progress is None else str(status.progress)
             progress = f"{done}/{status.total}"
-            print(f"{status.id:32}  {status.job_type[:20]:20}  {status.status.value:9}  "
-                  f"{progress:>15}  {status.message or ''}")
+            print(
+                f"{status.id:32}  {status.job_type[:20]:20}  {status.status.value:9}  "
+                f"{progress:>15}  {status.message or ''}"
+            )
             if count >= args.limit:
                 break
     return 0
@@ -145,8 +155,10 @@ def progress_line(status: JobStatus, rate: float | None, width: int = 30) -> str
     total, done = status.total or 0, status.progress or 0
     share = done / total if total else 0.0
     filled = int(share * width)
-    text = (f"[{'#' * filled}{'-' * (width - filled)}] {done:,}/{total:,} {share:4.0%}  "
-            f"{status.status.value}")
+    text = (
+        f"[{'#' * filled}{'-' * (width - filled)}] {done:,}/{total:,} {share:4.0%}  "
+        f"{status.status.value}"
+    )
     if rate:
         text += f"  {rate:,.0f} items/s"
         if not status.finished and total > done:
@@ -183,16 +195,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _server_flags(p: argparse.ArgumentParser, app: bool = True) -> None:
-    p.add_argument("--db", metavar="URL",
-                   help="database URL (default: env JOBLOT_DATABASE_URL, else sqlite:///joblot.db)")
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="database URL (default: env JOBLOT_DATABASE_URL, else sqlite:///joblot.db)",
+    )
     if app:
-        p.add_argument("--app", metavar="MODULE:ATTR",
-                       help="the joblot.App with your job types (default: the demo app)")
+        p.add_argument(
+            "--app",
+            metavar="MODULE:ATTR",
+            help="the joblot.App with your job types (default: the demo app)",
+        )
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="joblot server (default: env JOBLOT_URL, else "
-                                 "http://127.0.0.1:8000)")
+    p.add_argument(
+        "--url", help="joblot server (default: env JOBLOT_URL, else http://127.0.0.1:8000)"
+    )
     p.add_argument("--token", help="API token (default: env JOBLOT_TOKEN)")
 
 
@@ -202,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"joblot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, fn: Callable[[argparse.Namespace], int],
-                text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, fn: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.set_defaults(run=fn)
         return p
@@ -217,16 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("worker", cmd_worker, "run a worker process only")
     _server_flags(p)
     p.add_argument("--concurrency", type=int, metavar="N", help="items run at once (default 4)")
-    _server_flags(command("migrate", cmd_migrate, "bring the database schema up to date"),
-                  app=False)
+    _server_flags(
+        command("migrate", cmd_migrate, "bring the database schema up to date"), app=False
+    )
     p = command("submit", cmd_submit, "submit a job and print its JobStatus")
     p.add_argument("job_type")
     p.add_argument("--items", metavar="FILE", help="JSON array or JSON lines (default: stdin)")
     p.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
     _client_flags(p)
-    for name, fn, text in (("status", cmd_status, "print a JobStatus"),
-                           ("watch", cmd_watch, "follow a job with a live progress bar"),
-                           ("cancel", cmd_cancel, "cancel a job")):
+    for name, fn, text in (
+        ("status", cmd_status, "print a JobStatus"),
+        ("watch", cmd_watch, "follow a job with a live progress bar"),
+        ("cancel", cmd_cancel, "cancel a job"),
+    ):
         p = command(name, fn, text)
         p.add_argument("id")
         _client_flags(p)

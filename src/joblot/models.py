@@ -154,8 +154,8 @@ def after_finish(
         text = f"Failed: {failures} items failed, more than the {state.max_failures} allowed"
         return replace(new, status=Status.FAILED, pending=0, message=text)
     if progress >= state.total:
-        text = new.message if new.message_set else completion_message(now)
-        return replace(new, status=Status.COMPLETED, message=text)
+        final = new.message if new.message_set else completion_message(now)
+        return replace(new, status=Status.COMPLETED, message=final)
     return new
 
 
@@ -168,7 +168,9 @@ def after_requeue(state: JobState, requeued: int) -> JobState:
 
 def after_stop(state: JobState, message: str | None) -> JobState:
     """The job stops as a whole: cancelled (message None) or aborted with `message`."""
-    text = message if message is not None else cancel_message(
-        state.total - state.progress, state.total
+    text = (
+        message
+        if message is not None
+        else cancel_message(state.total - state.progress, state.total)
     )
     return replace(state, status=Status.FAILED, pending=0, message=text)

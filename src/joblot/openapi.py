@@ -19,17 +19,31 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Bad request", 404: "No such job", 409: "Conflict with the job's state",
-            413: "Body too large", 415: "Body is not JSON", 422: "Invalid job",
-            503: "Database unreachable; retry"}
+    text = {
+        400: "Bad request",
+        404: "No such job",
+        409: "Conflict with the job's state",
+        413: "Body too large",
+        415: "Body is not JSON",
+        422: "Invalid job",
+        503: "Database unreachable; retry",
+    }
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
-       "description": "Job id (32 hex characters), optionally followed by `.json`"}
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Job id (32 hex characters), optionally followed by `.json`",
+}
 _PAGE = [
-    {"name": "page[size]", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                     "maximum": 100}},
+    {
+        "name": "page[size]",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+    },
     {"name": "page[after]", "in": "query", "schema": {"type": "string"}},
     {"name": "page[before]", "in": "query", "schema": {"type": "string"}},
 ]
@@ -39,85 +53,168 @@ def _schemas() -> dict[str, Any]:
     job_status = JobStatus.model_json_schema(ref_template="#/components/schemas/{model}")
     nested = job_status.pop("$defs", {})
     page_meta = {
-        "type": "object", "required": ["has_more", "after_cursor", "before_cursor"],
-        "properties": {"has_more": {"type": "boolean"},
-                       "after_cursor": {"type": ["string", "null"]},
-                       "before_cursor": {"type": ["string", "null"]}}}
-    links = {"type": "object", "required": ["next", "prev"],
-             "properties": {"next": {"type": ["string", "null"]},
-                            "prev": {"type": ["string", "null"]}}}
+        "type": "object",
+        "required": ["has_more", "after_cursor", "before_cursor"],
+        "properties": {
+            "has_more": {"type": "boolean"},
+            "after_cursor": {"type": ["string", "null"]},
+            "before_cursor": {"type": ["string", "null"]},
+        },
+    }
+    links = {
+        "type": "object",
+        "required": ["next", "prev"],
+        "properties": {"next": {"type": ["string", "null"]}, "prev": {"type": ["string", "null"]}},
+    }
     return {
         **nested,
         "JobStatus": job_status,
-        "Error": {"type": "object", "required": ["error", "description"],
-                  "properties": {"error": {"type": "string"},
-                                 "description": {"type": "string"}}},
-        "JobStatusEnvelope": {"type": "object", "required": ["job_status"],
-                              "properties": {"job_status": _ref("JobStatus")}},
-        "JobStatusList": {"type": "object", "required": ["job_statuses", "meta", "links"],
-                          "properties": {"job_statuses": {"type": "array",
-                                                          "items": _ref("JobStatus")},
-                                         "meta": page_meta, "links": links}},
-        "JobStatusMany": {"type": "object", "required": ["job_statuses"],
-                          "properties": {"job_statuses": {"type": "array",
-                                                          "items": _ref("JobStatus")}}},
-        "ResultList": {"type": "object", "required": ["results", "meta", "links"],
-                       "properties": {"results": {"type": "array", "items": {
-                           "type": "object", "required": ["index", "success"]}},
-                           "meta": page_meta, "links": links}},
+        "Error": {
+            "type": "object",
+            "required": ["error", "description"],
+            "properties": {"error": {"type": "string"}, "description": {"type": "string"}},
+        },
+        "JobStatusEnvelope": {
+            "type": "object",
+            "required": ["job_status"],
+            "properties": {"job_status": _ref("JobStatus")},
+        },
+        "JobStatusList": {
+            "type": "object",
+            "required": ["job_statuses", "meta", "links"],
+            "properties": {
+                "job_statuses": {"type": "array", "items": _ref("JobStatus")},
+                "meta": page_meta,
+                "links": links,
+            },
+        },
+        "JobStatusMany": {
+            "type": "object",
+            "required": ["job_statuses"],
+            "properties": {"job_statuses": {"type": "array", "items": _ref("JobStatus")}},
+        },
+        "ResultList": {
+            "type": "object",
+            "required": ["results", "meta", "links"],
+            "properties": {
+                "results": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["index", "success"]},
+                },
+                "meta": page_meta,
+                "links": links,
+            },
+        },
         "JobSubmission": {
-            "type": "object", "required": ["job"], "additionalProperties": False,
-            "properties": {"job": {
-                "type": "object", "required": ["job_type", "items"],
-                "additionalProperties": False,
-                "properties": {"job_type": {"type": "string", "minLength": 1,
-                                            "maxLength": 200},
-                               "items": {"type": "array", "minItems": 1,
-                                         "items": {"type": "object"}}}}}},
+            "type": "object",
+            "required": ["job"],
+            "additionalProperties": False,
+            "properties": {
+                "job": {
+                    "type": "object",
+                    "required": ["job_type", "items"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "job_type": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "items": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                    },
+                }
+            },
+        },
     }
 
 
 def _paths() -> dict[str, Any]:
     envelope = _ref("JobStatusEnvelope")
     return {
-        "/api/v2/jobs": {"post": {
-            "operationId": "submit_job", "summary": "Submit a job of N items",
-            "parameters": [{"name": "Idempotency-Key", "in": "header",
-                            "schema": {"type": "string", "maxLength": 255}}],
-            "requestBody": {"required": True,
-                            "content": {JSON: {"schema": _ref("JobSubmission")}}},
-            "responses": {"202": _json(envelope, "Queued; poll the Location"),
-                          **_errors(400, 409, 413, 415, 422, 503)}}},
-        "/api/v2/job_statuses": {"get": {
-            "operationId": "list_jobs", "summary": "List jobs, unfinished first",
-            "parameters": _PAGE,
-            "responses": {"200": _json(_ref("JobStatusList"), "A page of jobs"),
-                          **_errors(400, 503)}}},
-        "/api/v2/job_statuses/show_many": {"get": {
-            "operationId": "show_many", "summary": "Several jobs by id",
-            "parameters": [{"name": "ids", "in": "query", "required": True,
-                            "schema": {"type": "string"}}],
-            "responses": {"200": _json(_ref("JobStatusMany"), "The jobs found"),
-                          **_errors(400, 503)}}},
-        "/api/v2/job_statuses/{id}": {"get": {
-            "operationId": "show_job", "summary": "One JobStatus",
-            "parameters": [_ID,
-                           {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
-                           {"name": "Prefer", "in": "header", "schema": {"type": "string"},
-                            "description": "`wait=N`: long poll up to N seconds"}],
-            "responses": {"200": _json(envelope, "The JobStatus"),
-                          "304": {"description": "Unchanged since the ETag given"},
-                          **_errors(404, 503)}}},
-        "/api/v2/job_statuses/{id}/results": {"get": {
-            "operationId": "list_results", "summary": "A job's results by index, in pages",
-            "parameters": [_ID, *_PAGE],
-            "responses": {"200": _json(_ref("ResultList"), "A page of result entries"),
-                          **_errors(400, 404, 503)}}},
-        "/api/v2/job_statuses/{id}/cancel": {"post": {
-            "operationId": "cancel_job", "summary": "Cancel a job",
-            "parameters": [_ID],
-            "responses": {"200": _json(envelope, "The cancelled job"),
-                          **_errors(404, 409, 503)}}},
+        "/api/v2/jobs": {
+            "post": {
+                "operationId": "submit_job",
+                "summary": "Submit a job of N items",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "maxLength": 255},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("JobSubmission")}},
+                },
+                "responses": {
+                    "202": _json(envelope, "Queued; poll the Location"),
+                    **_errors(400, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/api/v2/job_statuses": {
+            "get": {
+                "operationId": "list_jobs",
+                "summary": "List jobs, unfinished first",
+                "parameters": _PAGE,
+                "responses": {
+                    "200": _json(_ref("JobStatusList"), "A page of jobs"),
+                    **_errors(400, 503),
+                },
+            }
+        },
+        "/api/v2/job_statuses/show_many": {
+            "get": {
+                "operationId": "show_many",
+                "summary": "Several jobs by id",
+                "parameters": [
+                    {"name": "ids", "in": "query", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _json(_ref("JobStatusMany"), "The jobs found"),
+                    **_errors(400, 503),
+                },
+            }
+        },
+        "/api/v2/job_statuses/{id}": {
+            "get": {
+                "operationId": "show_job",
+                "summary": "One JobStatus",
+                "parameters": [
+                    _ID,
+                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                    {
+                        "name": "Prefer",
+                        "in": "header",
+                        "schema": {"type": "string"},
+                        "description": "`wait=N`: long poll up to N seconds",
+                    },
+                ],
+                "responses": {
+                    "200": _json(envelope, "The JobStatus"),
+                    "304": {"description": "Unchanged since the ETag given"},
+                    **_errors(404, 503),
+                },
+            }
+        },
+        "/api/v2/job_statuses/{id}/results": {
+            "get": {
+                "operationId": "list_results",
+                "summary": "A job's results by index, in pages",
+                "parameters": [_ID, *_PAGE],
+                "responses": {
+                    "200": _json(_ref("ResultList"), "A page of result entries"),
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
+        "/api/v2/job_statuses/{id}/cancel": {
+            "post": {
+                "operationId": "cancel_job",
+                "summary": "Cancel a job",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json(envelope, "The cancelled job"),
+                    **_errors(404, 409, 503),
+                },
+            }
+        },
     }
 
 
@@ -126,8 +223,11 @@ def openapi_document() -> dict[str, Any]:
     """The whole OpenAPI document (built once)."""
     return {
         "openapi": "3.1.0",
-        "info": {"title": "joblot", "version": "2",
-                 "description": "Batch jobs with Zendesk-compatible job statuses."},
+        "info": {
+            "title": "joblot",
+            "version": "2",
+            "description": "Batch jobs with Zendesk-compatible job statuses.",
+        },
         "paths": _paths(),
         "components": {"schemas": _schemas()},
     }

@@ -27,8 +27,11 @@ log = logging.getLogger("joblot.server")
 
 def configure_logging(level: str) -> None:
     """One log format for every joblot process."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
 
 
 async def prepare_store(settings: Settings, migrate_if_empty: bool) -> Store:
@@ -40,8 +43,10 @@ async def prepare_store(settings: Settings, migrate_if_empty: bool) -> Store:
             log.info("empty database: applying %d migration(s)", latest)
             await store.migrate()
         elif applied < latest:
-            raise SchemaOutOfDate(f"the database schema is at version {applied}, this joblot "
-                                  f"needs {latest}: run `joblot migrate --db ...` first")
+            raise SchemaOutOfDate(
+                f"the database schema is at version {applied}, this joblot "
+                f"needs {latest}: run `joblot migrate --db ...` first"
+            )
     except BaseException:
         await store.close()
         raise
@@ -72,8 +77,12 @@ async def _work(settings: Settings, app: App) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
-    log.info("worker %s started: job types %s, concurrency %d", worker.worker_id,
-             ", ".join(app.names()), settings.concurrency)
+    log.info(
+        "worker %s started: job types %s, concurrency %d",
+        worker.worker_id,
+        ", ".join(app.names()),
+        settings.concurrency,
+    )
     try:
         await worker.run()
     finally:
@@ -107,8 +116,11 @@ class WorkerPool:
         while not self._stopping.wait(1.0):
             for i, proc in enumerate(self.procs):
                 if proc.poll() is not None and not self._stopping.is_set():
-                    log.warning("worker process %d exited with %s; starting another",
-                                proc.pid, proc.returncode)
+                    log.warning(
+                        "worker process %d exited with %s; starting another",
+                        proc.pid,
+                        proc.returncode,
+                    )
                     self.procs[i] = self._spawn()
 
     def stop(self) -> None:
@@ -134,11 +146,22 @@ def serve(settings: Settings) -> None:
     service = Service(store, app, settings)
     pool = WorkerPool(settings, settings.workers)
     pool.start()
-    log.info("joblot serving on http://%s:%d (database %s, %d worker process(es))",
-             settings.host, settings.port, settings.database_url, settings.workers)
-    config = uvicorn.Config(create_app(service, on_close=store.close), host=settings.host,
-                            port=settings.port, log_level=settings.log_level.lower(),
-                            access_log=False, loop="asyncio", lifespan="on")
+    log.info(
+        "joblot serving on http://%s:%d (database %s, %d worker process(es))",
+        settings.host,
+        settings.port,
+        settings.database_url,
+        settings.workers,
+    )
+    config = uvicorn.Config(
+        create_app(service, on_close=store.close),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        loop="asyncio",
+        lifespan="on",
+    )
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(uvicorn.Server(config).serve())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -29,15 +30,19 @@ JOB_KEYS = frozenset({"job_type", "items"})
 def parse_submission(doc: Any, app: App, max_items: int) -> tuple[JobType, list[dict[str, Any]]]:
     """Check a decoded `{"job": {...}}` body; every problem is named in the error."""
     if not isinstance(doc, dict) or set(doc) != {"job"}:
-        raise RecordInvalid('the body must be an object with one key, "job": '
-                            '{"job": {"job_type": "...", "items": [...]}}')
+        raise RecordInvalid(
+            'the body must be an object with one key, "job": '
+            '{"job": {"job_type": "...", "items": [...]}}'
+        )
     job = doc["job"]
     if not isinstance(job, dict):
         raise RecordInvalid('"job" must be an object with "job_type" and "items"')
     unknown = sorted(set(job) - JOB_KEYS)
     if unknown:
-        raise RecordInvalid(f"unknown field(s) in job: {', '.join(map(repr, unknown))}; "
-                            'a job has only "job_type" and "items"')
+        raise RecordInvalid(
+            f"unknown field(s) in job: {', '.join(map(repr, unknown))}; "
+            'a job has only "job_type" and "items"'
+        )
     job_type = job.get("job_type")
     if not isinstance(job_type, str) or not job_type:
         raise RecordInvalid('"job_type" is required and must be a non-empty string')
@@ -45,16 +50,20 @@ def parse_submission(doc: Any, app: App, max_items: int) -> tuple[JobType, list[
         raise RecordInvalid(f'"job_type" is longer than {MAX_JOB_TYPE_LENGTH} characters')
     registered = app.get(job_type)
     if registered is None:
-        raise UnknownJobType(f"unknown job_type {job_type!r}; this server runs: "
-                             f"{', '.join(app.names()) or 'no job types'}")
+        raise UnknownJobType(
+            f"unknown job_type {job_type!r}; this server runs: "
+            f"{', '.join(app.names()) or 'no job types'}"
+        )
     items = job.get("items")
     if not isinstance(items, list):
         raise RecordInvalid('"items" is required and must be a list of objects')
     if not items:
         raise RecordInvalid('"items" is empty: a job needs at least one item')
     if len(items) > max_items:
-        raise TooManyItems(f"a job may have at most {max_items} items; this one has "
-                           f"{len(items)}: split it into several jobs")
+        raise TooManyItems(
+            f"a job may have at most {max_items} items; this one has "
+            f"{len(items)}: split it into several jobs"
+        )
     for index, item in enumerate(items):
         _check_item(index, item)
     return registered, items
@@ -81,8 +90,9 @@ def request_hash(job_type: str, items: list[dict[str, Any]]) -> str:
 class Service:
     """Everything a client or worker can do to jobs, with the lifecycle rules applied."""
 
-    def __init__(self, store: Store, app: App, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, app: App, settings: Settings, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.app = app
         self.settings = settings
@@ -90,38 +100,48 @@ class Service:
 
     # -- clients ----------------------------------------------------------------------------
 
-    async def submit_job(self, tenant: str, doc: Any,
-                         idempotency_key: str | None = None) -> tuple[JobRow, bool]:
+    async def submit_job(
+        self, tenant: str, doc: Any, idempotency_key: str | None = None
+    ) -> tuple[JobRow, bool]:
         """Validate and store a job; a retry with the same key returns the same job."""
         job_type, items = parse_submission(doc, self.app, self.settings.max_items)
         now = self.clock()
         digest = request_hash(job_type.name, items) if idempotency_key is not None else None
         job = NewJob(
-            id=new_job_id(now), tenant=tenant, job_type=job_type.name, action=job_type.action,
-            max_failures=job_type.max_failures, payloads=[orjson.dumps(i) for i in items],
-            created_at=now, idempotency_key=idempotency_key, request_hash=digest)
+            id=new_job_id(now),
+            tenant=tenant,
+            job_type=job_type.name,
+            action=job_type.action,
+            max_failures=job_type.max_failures,
+            payloads=[orjson.dumps(i) for i in items],
+            created_at=now,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+        )
         return await self.store.submit_job(job)
 
     async def get_job(self, tenant: str, job_id: str) -> JobRow:
         """The job, or RecordNotFound."""
-        row = await self.store.get_job(tenant, job_id, self.clock(),
-                                       self.settings.inline_results)
+        row = await self.store.get_job(tenant, job_id, self.clock(), self.settings.inline_results)
         if row is None:
             raise _not_found(job_id)
         return row
 
     async def get_jobs(self, tenant: str, job_ids: list[str]) -> list[JobRow]:
         """The jobs that exist among `job_ids`."""
-        return await self.store.get_jobs(tenant, job_ids, self.clock(),
-                                         self.settings.inline_results)
+        return await self.store.get_jobs(
+            tenant, job_ids, self.clock(), self.settings.inline_results
+        )
 
-    async def list_jobs(self, tenant: str, after: str | None, before: str | None,
-                        size: int) -> Page[JobRow]:
+    async def list_jobs(
+        self, tenant: str, after: str | None, before: str | None, size: int
+    ) -> Page[JobRow]:
         """A page of jobs: unfinished first, then finished ones, newest first."""
         return await self.store.list_jobs(tenant, self.clock(), after, before, size)
 
-    async def list_results(self, tenant: str, job_id: str, after: int | None,
-                           before: int | None, size: int) -> Page[tuple[int, bytes]]:
+    async def list_results(
+        self, tenant: str, job_id: str, after: int | None, before: int | None, size: int
+    ) -> Page[tuple[int, bytes]]:
         """A page of a job's result entries by index, or RecordNotFound."""
         page = await self.store.list_results(tenant, job_id, self.clock(), after, before, size)
         if page is None:
@@ -137,8 +157,9 @@ class Service:
 
     async def cancel_job(self, tenant: str, job_id: str) -> JobRow:
         """Stop a job; items not yet started never run."""
-        row = await self.store.stop_job(tenant, job_id, None, self.clock(),
-                                        self.settings.retention_seconds)
+        row = await self.store.stop_job(
+            tenant, job_id, None, self.clock(), self.settings.retention_seconds
+        )
         if row is None:
             raise _not_found(job_id)
         return row
@@ -147,22 +168,25 @@ class Service:
 
     async def claim_items(self, worker_id: str, job_types: list[str], limit: int) -> Claim | None:
         """Lease a batch of items, round-robin across jobs."""
-        return await self.store.claim_items(worker_id, job_types, limit, self.clock(),
-                                            self.settings.lease_seconds)
+        return await self.store.claim_items(
+            worker_id, job_types, limit, self.clock(), self.settings.lease_seconds
+        )
 
-    async def finish_items(self, lease_id: int, items: list[FinishedItem], message: str | None,
-                           final: bool) -> Finish:
+    async def finish_items(
+        self, lease_id: int, items: list[FinishedItem], message: str | None, final: bool
+    ) -> Finish:
         """Record results under a lease; refused if the lease lapsed."""
-        return await self.store.finish_items(lease_id, items, message, final, self.clock(),
-                                             self.settings.retention_seconds)
+        return await self.store.finish_items(
+            lease_id, items, message, final, self.clock(), self.settings.retention_seconds
+        )
 
     async def abort_job(self, job_id: str, message: str) -> None:
         """A handler stopped the whole job."""
-        try:
-            await self.store.stop_job(None, job_id, message, self.clock(),
-                                      self.settings.retention_seconds)
-        except JobFinished:
-            pass  # it finished (or was cancelled) meanwhile: nothing left to stop
+        # JobFinished: it finished (or was cancelled) meanwhile, so nothing is left to stop
+        with contextlib.suppress(JobFinished):
+            await self.store.stop_job(
+                None, job_id, message, self.clock(), self.settings.retention_seconds
+            )
 
     async def renew_leases(self, lease_ids: list[int]) -> set[int]:
         """Extend held leases by one lease length; return those still held."""
@@ -175,8 +199,9 @@ class Service:
 
     async def requeue_expired(self) -> int:
         """Return items of dead workers to the queue."""
-        return await self.store.requeue_expired(self.clock(), self.settings.max_attempts,
-                                                self.settings.retention_seconds)
+        return await self.store.requeue_expired(
+            self.clock(), self.settings.max_attempts, self.settings.retention_seconds
+        )
 
     async def wait_for_work(self, timeout: float) -> None:
         """Sleep until new work may be there (woken early where the backend can notify)."""

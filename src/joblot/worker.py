@@ -121,11 +121,13 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and run batches until `stop()`; then drain and hand back what never started."""
-        helpers = [asyncio.create_task(self._every(self.settings.lease_seconds / 3,
-                                                   self._renew_leases)),
-                   asyncio.create_task(self._every(max(0.2, self.settings.lease_seconds / 2),
-                                                   self._requeue_expired)),
-                   asyncio.create_task(self._every(PURGE_SECONDS, self._purge))]
+        helpers = [
+            asyncio.create_task(self._every(self.settings.lease_seconds / 3, self._renew_leases)),
+            asyncio.create_task(
+                self._every(max(0.2, self.settings.lease_seconds / 2), self._requeue_expired)
+            ),
+            asyncio.create_task(self._every(PURGE_SECONDS, self._purge)),
+        ]
         running: set[asyncio.Task[None]] = set()
         try:
             await self._claim_loop(running)
@@ -155,11 +157,16 @@ class Worker:
 
     async def _idle(self) -> None:
         """Wait for work, a stop request, or the poll interval, whichever comes first."""
-        waits = [asyncio.create_task(self._stopping.wait()),
-                 asyncio.create_task(self.service.wait_for_work(self.settings.idle_poll_seconds))]
+        waits = [
+            asyncio.create_task(self._stopping.wait()),
+            asyncio.create_task(self.service.wait_for_work(self.settings.idle_poll_seconds)),
+        ]
         try:
-            await asyncio.wait(waits, timeout=self.settings.idle_poll_seconds * 2,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waits,
+                timeout=self.settings.idle_poll_seconds * 2,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             for task in waits:
                 task.cancel()
@@ -167,8 +174,7 @@ class Worker:
 
     async def _claim(self) -> Claim | None:
         try:
-            return await self.service.claim_items(self.worker_id, self.job_types,
-                                                  self._claim_size)
+            return await self.service.claim_items(self.worker_id, self.job_types, self._claim_size)
         except JoblotError as exc:
             log.warning("claim failed, retrying: %s", exc.description)
         except Exception:
@@ -199,8 +205,12 @@ class Worker:
             await asyncio.gather(*(self._run_async(batch) for _ in range(runners)))
         else:
             loop = asyncio.get_running_loop()
-            await asyncio.gather(*(loop.run_in_executor(self._threads, self._run_sync, batch)
-                                   for _ in range(runners)))
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._threads, self._run_sync, batch)
+                    for _ in range(runners)
+                )
+            )
 
     def _run_sync(self, batch: Batch) -> None:
         """Runs in a handler thread: start items until the batch is drained or stopped."""
@@ -254,13 +264,21 @@ class Worker:
         try:
             outcome = await self.service.finish_items(batch.claim.lease_id, done, message, final)
         except JoblotError as exc:
-            log.warning("could not report %d results of job %s: %s", len(done),
-                        batch.claim.job_id, exc.description)
+            log.warning(
+                "could not report %d results of job %s: %s",
+                len(done),
+                batch.claim.job_id,
+                exc.description,
+            )
             batch.stopped = True
             return
         if not outcome.accepted:
-            log.warning("lease %d of job %s lapsed or was revoked; %d results refused",
-                        batch.claim.lease_id, batch.claim.job_id, len(done))
+            log.warning(
+                "lease %d of job %s lapsed or was revoked; %d results refused",
+                batch.claim.lease_id,
+                batch.claim.job_id,
+                len(done),
+            )
             batch.stopped = True
         elif outcome.job_status is not None and outcome.job_status.finished and batch.todo:
             batch.stopped = True  # the job ended (failure threshold): start nothing more
@@ -289,8 +307,9 @@ class Worker:
         for lease_id in held:
             batch = self._batches.get(lease_id)
             if lease_id not in alive and batch is not None:
-                log.warning("lease %d of job %s was lost; stopping that batch", lease_id,
-                            batch.claim.job_id)
+                log.warning(
+                    "lease %d of job %s was lost; stopping that batch", lease_id, batch.claim.job_id
+                )
                 batch.stopped = True
 
     async def _requeue_expired(self) -> None:

@@ -37,7 +37,11 @@ class Server:
         self._out = log.open("ab")
         self.proc = subprocess.Popen(
             [JOBLOT, "serve", "--db", db, "--port", str(self.port), "--workers", str(workers)],
-            env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.http = httpx.Client(base_url=self.url, timeout=30)
         self._wait_ready()
 
@@ -56,8 +60,9 @@ class Server:
 
     def submit(self, job_type: str, items: list[dict[str, Any]], **headers: str) -> Any:
         """POST a job; return the JobStatus."""
-        response = self.http.post("/api/v2/jobs", headers=headers,
-                                  json={"job": {"job_type": job_type, "items": items}})
+        response = self.http.post(
+            "/api/v2/jobs", headers=headers, json={"job": {"job_type": job_type, "items": items}}
+        )
         assert response.status_code == 202, response.text
         return response.json()["job_status"]
 
@@ -67,8 +72,9 @@ class Server:
         assert response.status_code == 200, response.text
         return response.json()["job_status"]
 
-    def wait(self, job_id: str, timeout: float = 60, until: tuple[str, ...] = (
-            "completed", "failed")) -> Any:
+    def wait(
+        self, job_id: str, timeout: float = 60, until: tuple[str, ...] = ("completed", "failed")
+    ) -> Any:
         """Poll until the job reaches one of `until`."""
         deadline = time.monotonic() + timeout
         while True:
@@ -126,8 +132,16 @@ def start_server(tmp_path: Path, joblot_env: dict[str, str]) -> Iterator[Any]:
         server.stop()
 
 
-def run_cli(*args: str, env: dict[str, str], stdin: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the `joblot` command as a real process."""
-    return subprocess.run([JOBLOT, *args], env=env, input=stdin, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [JOBLOT, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

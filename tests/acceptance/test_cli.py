@@ -14,12 +14,12 @@ def _env(env: dict[str, str], server: Any) -> dict[str, str]:
 
 
 def test_submit_from_a_jsonl_file_then_watch_until_completed(
-        start_server: Any, joblot_env: dict[str, str], tmp_path: Path) -> None:
+    start_server: Any, joblot_env: dict[str, str], tmp_path: Path
+) -> None:
     server = start_server(workers=1)
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps({"id": i, "seconds": 0.05}) + "\n" for i in range(20)))
-    submitted = run_cli("submit", "demo.sleep", "--items", str(items),
-                        env=_env(joblot_env, server))
+    submitted = run_cli("submit", "demo.sleep", "--items", str(items), env=_env(joblot_env, server))
     assert submitted.returncode == 0, submitted.stderr
     status = json.loads(submitted.stdout)["job_status"]
     assert status["total"] == 20 and status["job_type"] == "demo.sleep"
@@ -33,7 +33,8 @@ def test_submit_from_a_jsonl_file_then_watch_until_completed(
 
 
 def test_submit_reads_a_json_array_from_stdin_and_cancel_stops_it(
-        start_server: Any, joblot_env: dict[str, str]) -> None:
+    start_server: Any, joblot_env: dict[str, str]
+) -> None:
     server = start_server(workers=0)
     env = _env(joblot_env, server)
     submitted = run_cli("submit", "demo.echo", env=env, stdin='[{"id": 1}, {"id": 2}]')
@@ -48,8 +49,9 @@ def test_submit_reads_a_json_array_from_stdin_and_cancel_stops_it(
     assert watched.returncode == 1 and "Cancelled" in watched.stdout
 
 
-def test_client_commands_fail_clearly(start_server: Any, joblot_env: dict[str, str],
-                                      tmp_path: Path) -> None:
+def test_client_commands_fail_clearly(
+    start_server: Any, joblot_env: dict[str, str], tmp_path: Path
+) -> None:
     server = start_server(workers=0)
     env = _env(joblot_env, server)
     unknown = run_cli("submit", "no.such.type", env=env, stdin='[{"id": 1}]')
@@ -76,7 +78,6 @@ def test_migrate_reports_what_it_applied(joblot_env: dict[str, str], tmp_path: P
     assert bad.returncode == 1 and "does not exist" in bad.stderr
 
 
-def test_worker_refuses_an_unmigrated_database(joblot_env: dict[str, str],
-                                               tmp_path: Path) -> None:
+def test_worker_refuses_an_unmigrated_database(joblot_env: dict[str, str], tmp_path: Path) -> None:
     result = run_cli("worker", "--db", f"sqlite:///{tmp_path}/empty.db", env=joblot_env)
     assert result.returncode == 1 and "joblot migrate" in result.stderr

@@ -23,8 +23,14 @@ def test_a_job_with_failing_items_completes_with_per_item_results(start_server: 
     assert final["message"].startswith("Completed at ")
     assert final["results"] == [
         {"index": 0, "id": 1, "action": "echo", "status": "Echoed", "success": True},
-        {"index": 1, "id": 2, "action": "echo", "success": False, "error": "DemoFailure",
-         "details": "bad row"},
+        {
+            "index": 1,
+            "id": 2,
+            "action": "echo",
+            "success": False,
+            "error": "DemoFailure",
+            "details": "bad row",
+        },
         {"index": 2, "action": "echo", "status": "Echoed", "success": True},
     ]
 
@@ -58,8 +64,11 @@ def test_idempotent_resubmit_returns_the_same_job(start_server: Any) -> None:
     assert retry.status_code == 202
     assert retry.json()["job_status"]["id"] == first["id"]
     assert retry.headers["Idempotent-Replayed"] == "true"
-    other = server.http.post("/api/v2/jobs", headers={"Idempotency-Key": "order-42"},
-                             json={"job": {"job_type": "demo.echo", "items": [{"id": 3}]}})
+    other = server.http.post(
+        "/api/v2/jobs",
+        headers={"Idempotency-Key": "order-42"},
+        json={"job": {"job_type": "demo.echo", "items": [{"id": 3}]}},
+    )
     assert other.status_code == 409 and other.json()["error"] == "IdempotencyKeyReused"
     listed = server.http.get("/api/v2/job_statuses.json").json()["job_statuses"]
     assert [j["id"] for j in listed] == [first["id"]]
@@ -83,7 +92,8 @@ def test_pagination_walks_every_job_once_forward_and_back(start_server: Any) -> 
     assert [len(p) for p in pages] == [4, 4, 4, 1]
     # unfinished first (newest first), then finished ones by completion time, newest first
     assert walked == list(reversed(queued)) + list(reversed(finished))
-    back, url = [], pages and body["links"]["prev"]
+    back: list[str] = []
+    url = body["links"]["prev"]
     while url:
         body = server.http.get(url).json()
         back = [j["id"] for j in body["job_statuses"]] + back
@@ -92,15 +102,20 @@ def test_pagination_walks_every_job_once_forward_and_back(start_server: Any) -> 
 
 
 def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
-        start_server: Any, joblot_env: dict[str, str], tmp_path: Path) -> None:
+    start_server: Any, joblot_env: dict[str, str], tmp_path: Path
+) -> None:
     server = start_server(workers=0)
     env = {**joblot_env, "JOBLOT_DATABASE_URL": server.db}
 
     def worker(name: str) -> subprocess.Popen[bytes]:
         with (tmp_path / f"{name}.log").open("wb") as log:
-            return subprocess.Popen([JOBLOT, "worker", "--concurrency", "8"], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                [JOBLOT, "worker", "--concurrency", "8"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     job = server.submit("demo.sleep", [{"id": i, "seconds": 0.004} for i in range(3000)])
     first = worker("first")

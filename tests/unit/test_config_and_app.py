@@ -58,5 +58,5 @@ def test_load_app_explains_what_is_wrong() -> None:
         load_app("joblot.demo")
     with pytest.raises(ConfigError, match="cannot import"):
         load_app("no_such_module_xyz:app")
-    with pytest.raises(ConfigError, match="is not a joblot.App"):
+    with pytest.raises(ConfigError, match=r"is not a joblot\.App"):
         load_app("joblot.demo:make_demo_app")

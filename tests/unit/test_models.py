@@ -27,24 +27,47 @@ KEYS = ["id", "job_type", "url", "total", "progress", "status", "message", "resu
 
 
 def _state(**changes: object) -> JobState:
-    base: dict[str, object] = dict(status=Status.WORKING, total=10, progress=0, failures=0,
-                                   pending=10, message=None, message_set=False,
-                                   max_failures=None)
+    base: dict[str, object] = dict(
+        status=Status.WORKING,
+        total=10,
+        progress=0,
+        failures=0,
+        pending=10,
+        message=None,
+        message_set=False,
+        max_failures=None,
+    )
     base.update(changes)
     return JobState(**base)  # type: ignore[arg-type]
 
 
 def test_job_status_serializes_eight_keys_in_zendesk_order_with_nulls() -> None:
-    status = JobStatus(id="a" * 32, job_type="t", url="http://x/a.json", total=None,
-                       progress=None, status=Status.QUEUED, message=None, results=None)
+    status = JobStatus(
+        id="a" * 32,
+        job_type="t",
+        url="http://x/a.json",
+        total=None,
+        progress=None,
+        status=Status.QUEUED,
+        message=None,
+        results=None,
+    )
     dumped = status.model_dump(mode="json")
     assert list(dumped) == KEYS
     assert dumped["results"] is None and dumped["progress"] is None
 
 
 def test_job_status_rejects_unknown_keys_and_statuses() -> None:
-    fields = dict(id="x", job_type="t", url="u", total=1, progress=0, status="working",
-                  message=None, results=[])
+    fields = dict(
+        id="x",
+        job_type="t",
+        url="u",
+        total=1,
+        progress=0,
+        status="working",
+        message=None,
+        results=[],
+    )
     with pytest.raises(ValidationError):
         JobStatus.model_validate({**fields, "extra": 1})
     with pytest.raises(ValidationError):
@@ -70,14 +93,14 @@ def test_job_ids_are_32_hex_and_ordered_by_creation_time() -> None:
 
 def test_completion_message_has_zendesk_format() -> None:
     assert completion_message(0.0) == "Completed at 1970-01-01 00:00:00 +0000"
-    assert re.fullmatch(r"Completed at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+0000",
-                        completion_message(time.time()))
+    assert re.fullmatch(
+        r"Completed at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+0000", completion_message(time.time())
+    )
 
 
 def test_result_entries_carry_item_id_and_action() -> None:
     ok = success_entry(3, {"id": 7}, "update", {"status": "Updated", "index": 99})
-    assert ok == {"index": 3, "id": 7, "action": "update", "status": "Updated",
-                  "success": True}
+    assert ok == {"index": 3, "id": 7, "action": "update", "status": "Updated", "success": True}
     bad = failure_entry(4, {"name": "x"}, None, "DemoFailure", "bad row")
     assert bad == {"index": 4, "success": False, "error": "DemoFailure", "details": "bad row"}
 

@@ -16,8 +16,7 @@ def _job(**job: Any) -> dict[str, Any]:
 
 
 def test_a_valid_job_parses_to_its_type_and_items() -> None:
-    job_type, items = parse_submission(_job(job_type="demo.echo", items=[{"id": 1}]),
-                                       demo_app, 10)
+    job_type, items = parse_submission(_job(job_type="demo.echo", items=[{"id": 1}]), demo_app, 10)
     assert job_type.name == "demo.echo" and job_type.action == "echo"
     assert items == [{"id": 1}]
 

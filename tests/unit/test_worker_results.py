@@ -27,15 +27,23 @@ def _entry(returned: Any) -> tuple[bool, dict[str, Any]]:
 
 def test_a_returned_dict_becomes_a_success_entry() -> None:
     assert _entry({"status": "Updated"}) == (
-        True, {"index": 5, "id": 9, "action": "update", "status": "Updated", "success": True})
+        True,
+        {"index": 5, "id": 9, "action": "update", "status": "Updated", "success": True},
+    )
     assert _entry(None)[1]["success"] is True
 
 
 def test_an_exception_fails_the_item_with_its_class_name() -> None:
     success, entry = _entry(ValueError("no such ticket"))
     assert not success
-    assert entry == {"index": 5, "id": 9, "action": "update", "success": False,
-                     "error": "ValueError", "details": "no such ticket"}
+    assert entry == {
+        "index": 5,
+        "id": 9,
+        "action": "update",
+        "success": False,
+        "error": "ValueError",
+        "details": "no such ticket",
+    }
 
 
 def test_item_failed_chooses_the_error_name() -> None:

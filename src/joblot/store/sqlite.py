@@ -46,14 +46,16 @@ _JOB_COLUMNS = "id, job_type, status, total, progress, message, version, list_ke
 
 def _job_row(row: tuple[Any, ...], results: list[bytes] | None) -> JobRow:
     id_, job_type, status, total, progress, message, version, list_key = row
-    return JobRow(id_, job_type, Status(status), total, progress, message, version, results,
-                  list_key)
+    return JobRow(
+        id_, job_type, Status(status), total, progress, message, version, results, list_key
+    )
 
 
 def _job_state(row: tuple[Any, ...]) -> JobState:
     status, total, progress, failures, pending, message, message_set, max_failures = row
-    return JobState(Status(status), total, progress, failures, pending, message,
-                    bool(message_set), max_failures)
+    return JobState(
+        Status(status), total, progress, failures, pending, message, bool(message_set), max_failures
+    )
 
 
 class SQLiteStore:
@@ -75,8 +77,9 @@ class SQLiteStore:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=30.0,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
             # WAL lets readers run beside the one writer; NORMAL sync is durable across
             # process crashes, which is what leases protect against.
             conn.execute("PRAGMA journal_mode = WAL")
@@ -148,9 +151,10 @@ class SQLiteStore:
                     continue
                 for statement in _split_statements(migration.sql):
                     conn.execute(statement)
-                conn.execute(self._q["migrations.record"], {
-                    "version": migration.version, "name": migration.name,
-                    "now": time.time()})
+                conn.execute(
+                    self._q["migrations.record"],
+                    {"version": migration.version, "name": migration.name, "now": time.time()},
+                )
                 applied.append(migration.version)
         return applied
 
@@ -181,21 +185,35 @@ class SQLiteStore:
                 if existing is not None:
                     return existing, False
             list_key = unfinished_list_key(job.created_at, job.id)
-            conn.execute(self._q["submit_job.insert_job"], {
-                "id": job.id, "tenant": job.tenant, "job_type": job.job_type,
-                "action": job.action, "total": len(job.payloads),
-                "max_failures": job.max_failures, "idempotency_key": job.idempotency_key,
-                "request_hash": job.request_hash, "created_at": job.created_at,
-                "list_key": list_key})
-            conn.executemany(self._q["submit_job.insert_item"],
-                             ((job.id, i, p) for i, p in enumerate(job.payloads)))
-        row = JobRow(job.id, job.job_type, Status.QUEUED, len(job.payloads), 0, None, 1, None,
-                     list_key)
+            conn.execute(
+                self._q["submit_job.insert_job"],
+                {
+                    "id": job.id,
+                    "tenant": job.tenant,
+                    "job_type": job.job_type,
+                    "action": job.action,
+                    "total": len(job.payloads),
+                    "max_failures": job.max_failures,
+                    "idempotency_key": job.idempotency_key,
+                    "request_hash": job.request_hash,
+                    "created_at": job.created_at,
+                    "list_key": list_key,
+                },
+            )
+            conn.executemany(
+                self._q["submit_job.insert_item"],
+                ((job.id, i, p) for i, p in enumerate(job.payloads)),
+            )
+        row = JobRow(
+            job.id, job.job_type, Status.QUEUED, len(job.payloads), 0, None, 1, None, list_key
+        )
         return row, True
 
     def _find_idempotent(self, conn: sqlite3.Connection, job: NewJob) -> JobRow | None:
-        found = conn.execute(self._q["submit_job.find_idempotent"],
-                             {"tenant": job.tenant, "key": job.idempotency_key}).fetchone()
+        found = conn.execute(
+            self._q["submit_job.find_idempotent"],
+            {"tenant": job.tenant, "key": job.idempotency_key},
+        ).fetchone()
         if found is None:
             return None
         job_id, request_hash, expires_at = found
@@ -205,7 +223,8 @@ class SQLiteStore:
         if request_hash != job.request_hash:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was already used for a different request; "
-                "use a new key for a new job")
+                "use a new key for a new job"
+            )
         row = self._get_job(conn, job.tenant, job_id, job.created_at, 0)
         assert row is not None
         return row
@@ -214,62 +233,87 @@ class SQLiteStore:
         """One primary-key lookup, plus a bounded range scan for inline results."""
         return await self._read(self._get_job, tenant, job_id, now, inline)
 
-    def _get_job(self, conn: sqlite3.Connection, tenant: str, job_id: str, now: float,
-                 inline: int) -> JobRow | None:
-        row = conn.execute(self._q["get_job.select"],
-                           {"id": job_id, "tenant": tenant, "now": now}).fetchone()
+    def _get_job(
+        self, conn: sqlite3.Connection, tenant: str, job_id: str, now: float, inline: int
+    ) -> JobRow | None:
+        row = conn.execute(
+            self._q["get_job.select"], {"id": job_id, "tenant": tenant, "now": now}
+        ).fetchone()
         if row is None:
             return None
         return _job_row(row, self._inline_results(conn, row, inline))
 
-    def _inline_results(self, conn: sqlite3.Connection, row: tuple[Any, ...],
-                        inline: int) -> list[bytes] | None:
+    def _inline_results(
+        self, conn: sqlite3.Connection, row: tuple[Any, ...], inline: int
+    ) -> list[bytes] | None:
         job_id, total, status = row[0], row[3], row[2]
         if total > inline or status == Status.QUEUED:
             return None
         return [e for (e,) in conn.execute(self._q["get_job.inline_results"], {"id": job_id})]
 
-    async def get_jobs(self, tenant: str, job_ids: list[str], now: float,
-                       inline: int) -> list[JobRow]:
+    async def get_jobs(
+        self, tenant: str, job_ids: list[str], now: float, inline: int
+    ) -> list[JobRow]:
         """The jobs that exist among `job_ids`, in the order asked."""
         return await self._read(self._get_jobs, tenant, job_ids, now, inline)
 
-    def _get_jobs(self, conn: sqlite3.Connection, tenant: str, job_ids: list[str], now: float,
-                  inline: int) -> list[JobRow]:
+    def _get_jobs(
+        self, conn: sqlite3.Connection, tenant: str, job_ids: list[str], now: float, inline: int
+    ) -> list[JobRow]:
         rows = (self._get_job(conn, tenant, job_id, now, inline) for job_id in job_ids)
         return [row for row in rows if row is not None]
 
-    async def list_jobs(self, tenant: str, now: float, after: str | None, before: str | None,
-                        size: int) -> Page[JobRow]:
+    async def list_jobs(
+        self, tenant: str, now: float, after: str | None, before: str | None, size: int
+    ) -> Page[JobRow]:
         """A page of jobs in listing order (results are never inline in lists)."""
         return await self._read(self._list_jobs, tenant, now, after, before, size)
 
-    def _list_jobs(self, conn: sqlite3.Connection, tenant: str, now: float, after: str | None,
-                   before: str | None, size: int) -> Page[JobRow]:
-        name, key = ("list_jobs.before", before) if before is not None else (
-            "list_jobs.after", after or "")
-        rows = conn.execute(self._q[name], {"tenant": tenant, "key": key, "now": now,
-                                           "limit": size + 1}).fetchall()
+    def _list_jobs(
+        self,
+        conn: sqlite3.Connection,
+        tenant: str,
+        now: float,
+        after: str | None,
+        before: str | None,
+        size: int,
+    ) -> Page[JobRow]:
+        name, key = (
+            ("list_jobs.before", before) if before is not None else ("list_jobs.after", after or "")
+        )
+        rows = conn.execute(
+            self._q[name], {"tenant": tenant, "key": key, "now": now, "limit": size + 1}
+        ).fetchall()
         has_more = len(rows) > size
         rows = rows[:size]
         if before is not None:
             rows.reverse()
         return Page([_job_row(r, None) for r in rows], has_more)
 
-    async def list_results(self, tenant: str, job_id: str, now: float, after: int | None,
-                           before: int | None, size: int) -> Page[tuple[int, bytes]] | None:
+    async def list_results(
+        self, tenant: str, job_id: str, now: float, after: int | None, before: int | None, size: int
+    ) -> Page[tuple[int, bytes]] | None:
         """A page of a job's result entries by index."""
         return await self._read(self._list_results, tenant, job_id, now, after, before, size)
 
-    def _list_results(self, conn: sqlite3.Connection, tenant: str, job_id: str, now: float,
-                      after: int | None, before: int | None,
-                      size: int) -> Page[tuple[int, bytes]] | None:
+    def _list_results(
+        self,
+        conn: sqlite3.Connection,
+        tenant: str,
+        job_id: str,
+        now: float,
+        after: int | None,
+        before: int | None,
+        size: int,
+    ) -> Page[tuple[int, bytes]] | None:
         if self._job_version(conn, tenant, job_id, now) is None:
             return None
-        name, idx = ("list_results.before", before) if before is not None else (
-            "list_results.after", -1 if after is None else after)
-        rows = conn.execute(self._q[name], {"id": job_id, "idx": idx,
-                                           "limit": size + 1}).fetchall()
+        name, idx = (
+            ("list_results.before", before)
+            if before is not None
+            else ("list_results.after", -1 if after is None else after)
+        )
+        rows = conn.execute(self._q[name], {"id": job_id, "idx": idx, "limit": size + 1}).fetchall()
         has_more = len(rows) > size
         rows = rows[:size]
         if before is not None:
@@ -280,25 +324,46 @@ class SQLiteStore:
         """The job's change counter, for ETags and long polls."""
         return await self._read(self._job_version, tenant, job_id, now)
 
-    def _job_version(self, conn: sqlite3.Connection, tenant: str, job_id: str,
-                     now: float) -> int | None:
-        row = conn.execute(self._q["job_version"],
-                           {"id": job_id, "tenant": tenant, "now": now}).fetchone()
+    def _job_version(
+        self, conn: sqlite3.Connection, tenant: str, job_id: str, now: float
+    ) -> int | None:
+        row = conn.execute(
+            self._q["job_version"], {"id": job_id, "tenant": tenant, "now": now}
+        ).fetchone()
         return None if row is None else int(row[0])
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def _save_state(self, conn: sqlite3.Connection, job_id: str, old: JobState, new: JobState,
-                    now: float, retention: float, claimed_at: float | None = None) -> None:
+    def _save_state(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        old: JobState,
+        new: JobState,
+        now: float,
+        retention: float,
+        claimed_at: float | None = None,
+    ) -> None:
         finished = new.status.finished and not old.status.finished
-        visible = (new.status, new.progress, new.message) != (old.status, old.progress,
-                                                              old.message)
-        conn.execute(self._q["job_state.save"], {
-            "id": job_id, "status": new.status.value, "progress": new.progress,
-            "failures": new.failures, "pending": new.pending, "message": new.message,
-            "message_set": int(new.message_set), "bump": int(visible),
-            "claimed_at": claimed_at, "finished": int(finished), "now": now,
-            "retention": retention, "finished_prefix": finished_prefix(now)})
+        visible = (new.status, new.progress, new.message) != (old.status, old.progress, old.message)
+        conn.execute(
+            self._q["job_state.save"],
+            {
+                "id": job_id,
+                "status": new.status.value,
+                "progress": new.progress,
+                "failures": new.failures,
+                "pending": new.pending,
+                "message": new.message,
+                "message_set": int(new.message_set),
+                "bump": int(visible),
+                "claimed_at": claimed_at,
+                "finished": int(finished),
+                "now": now,
+                "retention": retention,
+                "finished_prefix": finished_prefix(now),
+            },
+        )
         if finished:
             conn.execute(self._q["leases.revoke_job"], {"job_id": job_id})
 
@@ -306,90 +371,135 @@ class SQLiteStore:
         row = conn.execute(self._q["job_state.select"], {"id": job_id}).fetchone()
         return _job_state(row)
 
-    async def stop_job(self, tenant: str | None, job_id: str, message: str | None, now: float,
-                       retention: float) -> JobRow | None:
+    async def stop_job(
+        self, tenant: str | None, job_id: str, message: str | None, now: float, retention: float
+    ) -> JobRow | None:
         """Fail an unfinished job; None when there is no such job for this tenant."""
         return await self._write(self._stop_job, tenant, job_id, message, now, retention)
 
-    def _stop_job(self, conn: sqlite3.Connection, tenant: str | None, job_id: str,
-                  message: str | None, now: float, retention: float) -> JobRow | None:
+    def _stop_job(
+        self,
+        conn: sqlite3.Connection,
+        tenant: str | None,
+        job_id: str,
+        message: str | None,
+        now: float,
+        retention: float,
+    ) -> JobRow | None:
         with self._transaction(conn):
             if tenant is None:
                 row = conn.execute(self._q["job_state.select"], {"id": job_id}).fetchone()
             else:
-                row = conn.execute(self._q["job_state.select_for_tenant"],
-                                   {"id": job_id, "tenant": tenant, "now": now}).fetchone()
+                row = conn.execute(
+                    self._q["job_state.select_for_tenant"],
+                    {"id": job_id, "tenant": tenant, "now": now},
+                ).fetchone()
             if row is None:
                 return None
             old = _job_state(row)
             if old.status.finished:
-                raise JobFinished(f"job {job_id} is already {old.status.value}; "
-                                  "only queued or working jobs can be stopped")
+                raise JobFinished(
+                    f"job {job_id} is already {old.status.value}; "
+                    "only queued or working jobs can be stopped"
+                )
             self._save_state(conn, job_id, old, after_stop(old, message), now, retention)
         return None if tenant is None else self._get_job(conn, tenant, job_id, now, 0)
 
     # -- workers ----------------------------------------------------------------------------
 
-    async def claim_items(self, worker_id: str, job_types: list[str], limit: int, now: float,
-                          lease_seconds: float) -> Claim | None:
+    async def claim_items(
+        self, worker_id: str, job_types: list[str], limit: int, now: float, lease_seconds: float
+    ) -> Claim | None:
         """Lease a batch of the least recently served runnable job."""
-        return await self._write(self._claim_items, worker_id, job_types, limit, now,
-                                 lease_seconds)
+        return await self._write(self._claim_items, worker_id, job_types, limit, now, lease_seconds)
 
-    def _claim_items(self, conn: sqlite3.Connection, worker_id: str, job_types: list[str],
-                     limit: int, now: float, lease_seconds: float) -> Claim | None:
+    def _claim_items(
+        self,
+        conn: sqlite3.Connection,
+        worker_id: str,
+        job_types: list[str],
+        limit: int,
+        now: float,
+        lease_seconds: float,
+    ) -> Claim | None:
         types = orjson.dumps(job_types).decode()
         # A cheap read first: an idle worker polling an idle database takes no write lock.
         if conn.execute(self._q["claim_items.pick_job"], {"job_types": types}).fetchone() is None:
             return None
         with self._transaction(conn):
-            picked = conn.execute(self._q["claim_items.pick_job"],
-                                  {"job_types": types}).fetchone()
+            picked = conn.execute(self._q["claim_items.pick_job"], {"job_types": types}).fetchone()
             if picked is None:
                 return None
             job_id, job_type = picked
-            lease_id = conn.execute(self._q["claim_items.insert_lease"], {
-                "job_id": job_id, "worker_id": worker_id,
-                "expires_at": now + lease_seconds}).lastrowid
+            lease_id = conn.execute(
+                self._q["claim_items.insert_lease"],
+                {"job_id": job_id, "worker_id": worker_id, "expires_at": now + lease_seconds},
+            ).lastrowid
             assert lease_id is not None
-            rows = conn.execute(self._q["claim_items.lease_items"], {
-                "job_id": job_id, "lease_id": lease_id, "limit": limit}).fetchall()
+            rows = conn.execute(
+                self._q["claim_items.lease_items"],
+                {"job_id": job_id, "lease_id": lease_id, "limit": limit},
+            ).fetchall()
             old = self._state(conn, job_id)
-            self._save_state(conn, job_id, old, after_claim(old, len(rows)), now, 0.0,
-                             claimed_at=now)
+            self._save_state(
+                conn, job_id, old, after_claim(old, len(rows)), now, 0.0, claimed_at=now
+            )
         items = [ClaimedItem(i, p, a) for i, p, a in sorted(rows)]
         return Claim(lease_id, job_id, job_type, items)
 
-    async def finish_items(self, lease_id: int, items: list[FinishedItem], message: str | None,
-                           final: bool, now: float, retention: float) -> Finish:
+    async def finish_items(
+        self,
+        lease_id: int,
+        items: list[FinishedItem],
+        message: str | None,
+        final: bool,
+        now: float,
+        retention: float,
+    ) -> Finish:
         """Record results if the lease is still held; otherwise refuse them all."""
-        return await self._write(self._finish_items, lease_id, items, message, final, now,
-                                 retention)
+        return await self._write(
+            self._finish_items, lease_id, items, message, final, now, retention
+        )
 
-    def _finish_items(self, conn: sqlite3.Connection, lease_id: int, items: list[FinishedItem],
-                      message: str | None, final: bool, now: float,
-                      retention: float) -> Finish:
+    def _finish_items(
+        self,
+        conn: sqlite3.Connection,
+        lease_id: int,
+        items: list[FinishedItem],
+        message: str | None,
+        final: bool,
+        now: float,
+        retention: float,
+    ) -> Finish:
         try:
-            return self._finish_held_items(conn, lease_id, items, message, final, now,
-                                           retention)
+            return self._finish_held_items(conn, lease_id, items, message, final, now, retention)
         except _Refused:
             return Finish(accepted=False)
 
-    def _finish_held_items(self, conn: sqlite3.Connection, lease_id: int,
-                           items: list[FinishedItem], message: str | None, final: bool,
-                           now: float, retention: float) -> Finish:
+    def _finish_held_items(
+        self,
+        conn: sqlite3.Connection,
+        lease_id: int,
+        items: list[FinishedItem],
+        message: str | None,
+        final: bool,
+        now: float,
+        retention: float,
+    ) -> Finish:
         with self._transaction(conn):
-            lease = conn.execute(self._q["finish_items.lease"],
-                                 {"lease_id": lease_id}).fetchone()
+            lease = conn.execute(self._q["finish_items.lease"], {"lease_id": lease_id}).fetchone()
             if lease is None or lease[1] < now:
                 raise _Refused()
             job_id = lease[0]
-            taken = conn.executemany(self._q["finish_items.take_item"],
-                                     ((job_id, it.index, lease_id) for it in items)).rowcount
+            taken = conn.executemany(
+                self._q["finish_items.take_item"], ((job_id, it.index, lease_id) for it in items)
+            ).rowcount
             if taken != len(items):
                 raise _Refused()
-            conn.executemany(self._q["finish_items.insert_result"],
-                             ((job_id, it.index, int(it.success), it.entry) for it in items))
+            conn.executemany(
+                self._q["finish_items.insert_result"],
+                ((job_id, it.index, int(it.success), it.entry) for it in items),
+            )
             old = self._state(conn, job_id)
             failed = sum(1 for it in items if not it.success)
             new = after_finish(old, len(items), failed, message, now)
@@ -404,28 +514,31 @@ class SQLiteStore:
             return set()
         return await self._write(self._renew_leases, lease_ids, now, until)
 
-    def _renew_leases(self, conn: sqlite3.Connection, lease_ids: list[int], now: float,
-                      until: float) -> set[int]:
+    def _renew_leases(
+        self, conn: sqlite3.Connection, lease_ids: list[int], now: float, until: float
+    ) -> set[int]:
         with self._transaction(conn):
-            rows = conn.execute(self._q["renew_leases"], {
-                "lease_ids": orjson.dumps(lease_ids).decode(), "now": now,
-                "until": until}).fetchall()
+            rows = conn.execute(
+                self._q["renew_leases"],
+                {"lease_ids": orjson.dumps(lease_ids).decode(), "now": now, "until": until},
+            ).fetchall()
         return {r[0] for r in rows}
 
     async def requeue_expired(self, now: float, max_attempts: int, retention: float) -> int:
         """Return the items of lapsed leases to the queue; fail those out of attempts."""
         return await self._write(self._requeue_expired, now, max_attempts, retention)
 
-    def _requeue_expired(self, conn: sqlite3.Connection, now: float, max_attempts: int,
-                         retention: float) -> int:
+    def _requeue_expired(
+        self, conn: sqlite3.Connection, now: float, max_attempts: int, retention: float
+    ) -> int:
         if conn.execute(self._q["requeue_expired.leases"], {"now": now}).fetchone() is None:
             return 0
         count = 0
         with self._transaction(conn):
-            for lease_id, job_id in conn.execute(self._q["requeue_expired.leases"],
-                                                 {"now": now}).fetchall():
-                count += self._requeue_lease(conn, lease_id, job_id, now, max_attempts,
-                                             retention)
+            for lease_id, job_id in conn.execute(
+                self._q["requeue_expired.leases"], {"now": now}
+            ).fetchall():
+                count += self._requeue_lease(conn, lease_id, job_id, now, max_attempts, retention)
         return count
 
     async def release_lease(self, lease_id: int, now: float) -> int:
@@ -434,19 +547,26 @@ class SQLiteStore:
 
     def _release_lease(self, conn: sqlite3.Connection, lease_id: int, now: float) -> int:
         with self._transaction(conn):
-            lease = conn.execute(self._q["finish_items.lease"],
-                                 {"lease_id": lease_id}).fetchone()
+            lease = conn.execute(self._q["finish_items.lease"], {"lease_id": lease_id}).fetchone()
             if lease is None:
                 return 0
             conn.execute(self._q["release_lease.refund"], {"lease_id": lease_id})
             return self._requeue_lease(conn, lease_id, lease[0], now, 1 << 30, 0.0)
 
-    def _requeue_lease(self, conn: sqlite3.Connection, lease_id: int, job_id: str, now: float,
-                       max_attempts: int, retention: float) -> int:
+    def _requeue_lease(
+        self,
+        conn: sqlite3.Connection,
+        lease_id: int,
+        job_id: str,
+        now: float,
+        max_attempts: int,
+        retention: float,
+    ) -> int:
         rows = conn.execute(self._q["requeue_expired.items"], {"lease_id": lease_id}).fetchall()
         spent = [(i, p, a) for i, p, a in rows if a >= max_attempts]
-        requeued = conn.execute(self._q["requeue_expired.requeue"], {
-            "lease_id": lease_id, "max_attempts": max_attempts}).rowcount
+        requeued = conn.execute(
+            self._q["requeue_expired.requeue"], {"lease_id": lease_id, "max_attempts": max_attempts}
+        ).rowcount
         conn.execute(self._q["leases.release"], {"lease_id": lease_id})
         old = self._state(conn, job_id)
         new = after_requeue(old, requeued)
@@ -455,17 +575,26 @@ class SQLiteStore:
         self._save_state(conn, job_id, old, new, now, retention)
         return len(rows)
 
-    def _fail_spent(self, conn: sqlite3.Connection, job_id: str, lease_id: int,
-                    spent: list[tuple[int, bytes, int]], state: JobState,
-                    now: float) -> JobState:
+    def _fail_spent(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        lease_id: int,
+        spent: list[tuple[int, bytes, int]],
+        state: JobState,
+        now: float,
+    ) -> JobState:
         (action,) = conn.execute(self._q["requeue_expired.job_action"], {"id": job_id}).fetchone()
         for index, payload, attempts in spent:
-            details = (f"the item's worker stopped responding {attempts} times "
-                       "(its lease expired); giving up")
+            details = (
+                f"the item's worker stopped responding {attempts} times "
+                "(its lease expired); giving up"
+            )
             entry = failure_entry(index, _as_item(payload), action, "WorkerLost", details)
             conn.execute(self._q["finish_items.take_item"], (job_id, index, lease_id))
-            conn.execute(self._q["finish_items.insert_result"],
-                         (job_id, index, 0, orjson.dumps(entry)))
+            conn.execute(
+                self._q["finish_items.insert_result"], (job_id, index, 0, orjson.dumps(entry))
+            )
         return after_finish(state, len(spent), len(spent), None, now)
 
     async def purge_expired(self, now: float) -> int:
@@ -507,4 +636,3 @@ def _split_statements(sql: str) -> list[str]:
     """Split a migration into statements (migrations hold no `--` or `;` inside literals)."""
     code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
     return [statement.strip() for statement in code.split(";") if statement.strip()]
-
