@@ -29,26 +29,32 @@ TARGET_BATCH_SECONDS = 0.5  # claim about this much work at a time, so small job
 PURGE_SECONDS = 60.0
 
 
-def run_item(job_type: JobType, job_id: str, item: ClaimedItem, returned: Any) -> FinishedItem:
-    """Turn what a handler returned (or raised, as `returned`) into a result entry."""
-    payload = _decode(item.payload)
+def to_result(job_type: JobType, index: int, ident: dict[str, Any], returned: Any) -> FinishedItem:
+    """Turn what a handler returned (or raised, as `returned`) into a result entry.
+
+    `ident` holds the item's `id`, taken before the handler ran (handlers may change items).
+    """
     if isinstance(returned, BaseException):
         error, details = _describe(returned)
-        entry = failure_entry(item.index, payload, job_type.action, error, details)
-        return FinishedItem(item.index, False, orjson.dumps(entry))
+        entry = failure_entry(index, ident, job_type.action, error, details)
+        return FinishedItem(index, False, orjson.dumps(entry))
     if returned is None:
         returned = {}
     if not isinstance(returned, dict):
         details = f"the handler returned {type(returned).__name__}; it must return a dict or None"
-        entry = failure_entry(item.index, payload, job_type.action, "InvalidResult", details)
-        return FinishedItem(item.index, False, orjson.dumps(entry))
-    entry = success_entry(item.index, payload, job_type.action, returned)
+        entry = failure_entry(index, ident, job_type.action, "InvalidResult", details)
+        return FinishedItem(index, False, orjson.dumps(entry))
+    entry = success_entry(index, ident, job_type.action, returned)
     try:
-        return FinishedItem(item.index, True, orjson.dumps(entry))
+        return FinishedItem(index, True, orjson.dumps(entry))
     except TypeError as exc:
         details = f"the handler's result is not JSON-serializable: {exc}"
-        entry = failure_entry(item.index, payload, job_type.action, "InvalidResult", details)
-        return FinishedItem(item.index, False, orjson.dumps(entry))
+        entry = failure_entry(index, ident, job_type.action, "InvalidResult", details)
+        return FinishedItem(index, False, orjson.dumps(entry))
+
+
+def _ident(item: dict[str, Any]) -> dict[str, Any]:
+    return {"id": item["id"]} if "id" in item else {}
 
 
 def _decode(payload: bytes) -> dict[str, Any]:
@@ -217,28 +223,32 @@ class Worker:
         handler = batch.job_type.handler
         while (item := batch.next_item()) is not None:
             ctx = self._context(batch, item)
+            payload = _decode(item.payload)
+            ident = _ident(payload)
             try:
-                returned = handler(_decode(item.payload), ctx)
+                returned = handler(payload, ctx)
             except JobAborted as exc:
                 self._abort(batch, exc)
                 return
             except Exception as exc:
                 returned = exc
-            batch.record(run_item(batch.job_type, batch.claim.job_id, item, returned), ctx)
+            batch.record(to_result(batch.job_type, item.index, ident, returned), ctx)
 
     async def _run_async(self, batch: Batch) -> None:
         handler: Callable[..., Awaitable[Any]] = batch.job_type.handler
         while (item := batch.next_item()) is not None:
             ctx = self._context(batch, item)
+            payload = _decode(item.payload)
+            ident = _ident(payload)
             async with self._item_slots:
                 try:
-                    returned = await handler(_decode(item.payload), ctx)
+                    returned = await handler(payload, ctx)
                 except JobAborted as exc:
                     self._abort(batch, exc)
                     return
                 except Exception as exc:
                     returned = exc
-            batch.record(run_item(batch.job_type, batch.claim.job_id, item, returned), ctx)
+            batch.record(to_result(batch.job_type, item.index, ident, returned), ctx)
 
     @staticmethod
     def _context(batch: Batch, item: ClaimedItem) -> Context:

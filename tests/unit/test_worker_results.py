@@ -7,8 +7,7 @@ from typing import Any
 import orjson
 
 from joblot.app import ItemFailed, JobType
-from joblot.store import ClaimedItem
-from joblot.worker import run_item
+from joblot.worker import to_result
 
 
 def _handler(item: dict[str, Any], ctx: object) -> None:
@@ -16,11 +15,10 @@ def _handler(item: dict[str, Any], ctx: object) -> None:
 
 
 JOB_TYPE = JobType("t", _handler, action="update")
-ITEM = ClaimedItem(5, b'{"id": 9}', 1)
 
 
 def _entry(returned: Any) -> tuple[bool, dict[str, Any]]:
-    finished = run_item(JOB_TYPE, "j", ITEM, returned)
+    finished = to_result(JOB_TYPE, 5, {"id": 9}, returned)
     assert finished.index == 5
     return finished.success, orjson.loads(finished.entry)
 
