@@ -132,6 +132,8 @@ class JobState:
     message: str | None
     message_set: bool  # a handler set the message, so completion keeps it
     max_failures: int | None
+    skipped: int = 0  # items that will never run because the job stopped
+    cancelled: bool = False
 
 
 def after_claim(state: JobState, claimed: int) -> JobState:
@@ -152,7 +154,7 @@ def after_finish(
         return new
     if state.max_failures is not None and failures > state.max_failures:
         text = f"Failed: {failures} items failed, more than the {state.max_failures} allowed"
-        return replace(new, status=Status.FAILED, pending=0, message=text)
+        return replace(new, status=Status.FAILED, pending=0, skipped=state.pending, message=text)
     if progress >= state.total:
         final = new.message if new.message_set else completion_message(now)
         return replace(new, status=Status.COMPLETED, message=final)
@@ -160,17 +162,30 @@ def after_finish(
 
 
 def after_requeue(state: JobState, requeued: int) -> JobState:
-    """Items whose worker vanished go back to the queue."""
-    if state.status.finished:
-        return state
-    return replace(state, pending=state.pending + requeued)
+    """Items whose worker vanished or handed them back unstarted return to the queue.
+
+    Once the job has stopped they never run: they are skipped, and a cancelled job's
+    message keeps the count up to date.
+    """
+    if not state.status.finished:
+        return replace(state, pending=state.pending + requeued)
+    skipped = state.skipped + requeued
+    message = cancel_message(skipped, state.total) if state.cancelled else state.message
+    return replace(state, skipped=skipped, message=message)
 
 
 def after_stop(state: JobState, message: str | None) -> JobState:
-    """The job stops as a whole: cancelled (message None) or aborted with `message`."""
-    text = (
-        message
-        if message is not None
-        else cancel_message(state.total - state.progress, state.total)
+    """The job stops as a whole: cancelled (message None) or aborted with `message`.
+
+    Items not yet claimed are skipped; items already running may still report results.
+    """
+    cancelled = message is None
+    text = cancel_message(state.pending, state.total) if cancelled else message
+    return replace(
+        state,
+        status=Status.FAILED,
+        pending=0,
+        skipped=state.pending,
+        message=text,
+        cancelled=cancelled,
     )
-    return replace(state, status=Status.FAILED, pending=0, message=text)

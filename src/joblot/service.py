@@ -118,7 +118,10 @@ class Service:
             idempotency_key=idempotency_key,
             request_hash=digest,
         )
-        return await self.store.submit_job(job)
+        row, created = await self.store.submit_job(job)
+        if not created:  # a replay answers with the job as it is now
+            row = await self.get_job(tenant, row.id)
+        return row, created
 
     async def get_job(self, tenant: str, job_id: str) -> JobRow:
         """The job, or RecordNotFound."""
@@ -137,7 +140,9 @@ class Service:
         self, tenant: str, after: str | None, before: str | None, size: int
     ) -> Page[JobRow]:
         """A page of jobs: unfinished first, then finished ones, newest first."""
-        return await self.store.list_jobs(tenant, self.clock(), after, before, size)
+        return await self.store.list_jobs(
+            tenant, self.clock(), after, before, size, self.settings.inline_results
+        )
 
     async def list_results(
         self, tenant: str, job_id: str, after: int | None, before: int | None, size: int
@@ -162,7 +167,7 @@ class Service:
         )
         if row is None:
             raise _not_found(job_id)
-        return row
+        return await self.get_job(tenant, job_id)
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -118,6 +118,8 @@ class Worker:
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="joblot-handler")
         self._item_slots = asyncio.Semaphore(self.concurrency)
         self._batches: dict[int, Batch] = {}
+        # Jobs this worker saw stop, so a batch claimed before the database knew is not run.
+        self._stopped_jobs: dict[str, None] = {}
         self._claim_size = min(self.settings.batch_size, self.concurrency * 2)
         self._stopping = asyncio.Event()
 
@@ -191,6 +193,7 @@ class Worker:
         job_type = self.app.get(claim.job_type)
         assert job_type is not None  # only registered types are claimed
         batch = Batch(claim, job_type)
+        batch.stopped = claim.job_id in self._stopped_jobs
         self._batches[claim.lease_id] = batch
         started = time.monotonic()
         ran = asyncio.Event()
@@ -254,10 +257,18 @@ class Worker:
     def _context(batch: Batch, item: ClaimedItem) -> Context:
         return Context(batch.claim.job_id, batch.job_type.name, item.index, item.attempt)
 
-    @staticmethod
-    def _abort(batch: Batch, exc: JobAborted) -> None:
+    def _abort(self, batch: Batch, exc: JobAborted) -> None:
         batch.aborted = exc.message
-        batch.stopped = True
+        self._stop_batches_of(batch.claim.job_id)
+
+    def _stop_batches_of(self, job_id: str) -> None:
+        """The job stopped: start no more of its items in any batch of this worker."""
+        self._stopped_jobs[job_id] = None
+        while len(self._stopped_jobs) > 1000:
+            del self._stopped_jobs[next(iter(self._stopped_jobs))]
+        for batch in list(self._batches.values()):
+            if batch.claim.job_id == job_id:
+                batch.stopped = True
 
     async def _flush_periodically(self, batch: Batch, ran: asyncio.Event) -> None:
         while True:
@@ -290,8 +301,8 @@ class Worker:
                 len(done),
             )
             batch.stopped = True
-        elif outcome.job_status is not None and outcome.job_status.finished and batch.todo:
-            batch.stopped = True  # the job ended (failure threshold): start nothing more
+        elif outcome.job_status is not None and outcome.job_status.finished:
+            self._stop_batches_of(batch.claim.job_id)  # cancelled, aborted or over threshold
 
     async def _conclude(self, batch: Batch) -> None:
         """Report the last results; abort the job, or hand back items that never started."""

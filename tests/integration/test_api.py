@@ -330,4 +330,5 @@ async def test_passing_the_failure_threshold_fails_the_job(tmp_path: Path) -> No
         final = await h.wait(job_id)
         assert final["status"] == "failed"
         assert final["message"] == "Failed: 3 items failed, more than the 2 allowed"
-        assert final["progress"] == 3
+        # the next batch may already be running when the third failure is recorded
+        assert 3 <= final["progress"] <= 4

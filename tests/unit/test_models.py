@@ -129,14 +129,25 @@ def test_passing_the_failure_threshold_fails_the_job() -> None:
     assert state.message == "Failed: 2 items failed, more than the 1 allowed"
 
 
-def test_a_finished_job_only_counts_late_results() -> None:
+def test_a_stopped_job_counts_late_results_and_skips_returned_items() -> None:
     state = after_finish(_state(status=Status.FAILED, message="stop"), 1, 0, None, 0.0)
     assert state.status is Status.FAILED and state.message == "stop"
-    assert after_requeue(state, 3) == state
+    assert state.progress == 1
+    requeued = after_requeue(state, 3)
+    assert requeued.skipped == 3 and requeued.pending == state.pending
+    assert requeued.message == "stop"
+
+
+def test_items_handed_back_after_a_cancel_are_counted_as_skipped() -> None:
+    cancelled = after_stop(_state(progress=2, pending=5), None)
+    assert cancelled.message == "Cancelled: 5 of 10 items were skipped"
+    returned = after_requeue(after_finish(cancelled, 1, 0, None, 0.0), 2)
+    assert returned.message == "Cancelled: 7 of 10 items were skipped"
+    assert returned.progress + returned.skipped == returned.total
 
 
 def test_cancel_says_how_many_items_were_skipped() -> None:
     state = after_stop(_state(progress=4, pending=6), None)
-    assert state.status is Status.FAILED and state.pending == 0
+    assert state.status is Status.FAILED and state.pending == 0 and state.cancelled
     assert state.message == "Cancelled: 6 of 10 items were skipped"
     assert after_stop(_state(), "disk full").message == "disk full"

@@ -105,9 +105,15 @@ class Store(Protocol):
         """The jobs among `job_ids` that exist, in the order asked."""
 
     async def list_jobs(
-        self, tenant: str, now: float, after: str | None, before: str | None, size: int
+        self,
+        tenant: str,
+        now: float,
+        after: str | None,
+        before: str | None,
+        size: int,
+        inline: int,
     ) -> Page[JobRow]:
-        """Jobs ordered by `list_key`, after or before a key."""
+        """Jobs ordered by `list_key`, after or before a key, small ones with results inline."""
 
     async def list_results(
         self, tenant: str, job_id: str, now: float, after: int | None, before: int | None, size: int
@@ -120,7 +126,7 @@ class Store(Protocol):
     async def stop_job(
         self, tenant: str | None, job_id: str, message: str | None, now: float, retention: float
     ) -> JobRow | None:
-        """Fail an unfinished job and revoke its leases; message None means a cancel."""
+        """Fail an unfinished job: unclaimed items are skipped; message None means a cancel."""
 
     async def claim_items(
         self, worker_id: str, job_types: list[str], limit: int, now: float, lease_seconds: float
@@ -163,9 +169,16 @@ def open_store(database_url: str) -> Store:
         from joblot.store.sqlite import SQLiteStore
 
         return SQLiteStore(database_url.removeprefix("sqlite:///"))
+    if database_url.startswith(("postgresql://", "postgres://")):
+        from joblot.store.postgres import PostgresStore  # psycopg is imported only when used
+
+        return PostgresStore(database_url)
     from joblot.errors import ConfigError
 
-    raise ConfigError(f"no storage backend for {database_url!r}; use sqlite:///path/to/file.db")
+    raise ConfigError(
+        f"no storage backend for {database_url!r}; "
+        "use sqlite:///path/to/file.db or postgresql://user@host/db"
+    )
 
 
 _KEY_BASE = 10**16  # microseconds; inverted so that newer sorts first, good until year 2286

@@ -52,9 +52,19 @@ def _job_row(row: tuple[Any, ...], results: list[bytes] | None) -> JobRow:
 
 
 def _job_state(row: tuple[Any, ...]) -> JobState:
-    status, total, progress, failures, pending, message, message_set, max_failures = row
+    status, total, progress, failures, pending, message, message_set, max_failures = row[:8]
+    skipped, cancelled = row[8:]
     return JobState(
-        Status(status), total, progress, failures, pending, message, bool(message_set), max_failures
+        Status(status),
+        total,
+        progress,
+        failures,
+        pending,
+        message,
+        bool(message_set),
+        max_failures,
+        skipped,
+        bool(cancelled),
     )
 
 
@@ -264,10 +274,16 @@ class SQLiteStore:
         return [row for row in rows if row is not None]
 
     async def list_jobs(
-        self, tenant: str, now: float, after: str | None, before: str | None, size: int
+        self,
+        tenant: str,
+        now: float,
+        after: str | None,
+        before: str | None,
+        size: int,
+        inline: int,
     ) -> Page[JobRow]:
-        """A page of jobs in listing order (results are never inline in lists)."""
-        return await self._read(self._list_jobs, tenant, now, after, before, size)
+        """A page of jobs in listing order, each with its results inline when small."""
+        return await self._read(self._list_jobs, tenant, now, after, before, size, inline)
 
     def _list_jobs(
         self,
@@ -277,6 +293,7 @@ class SQLiteStore:
         after: str | None,
         before: str | None,
         size: int,
+        inline: int,
     ) -> Page[JobRow]:
         name, key = (
             ("list_jobs.before", before) if before is not None else ("list_jobs.after", after or "")
@@ -288,7 +305,7 @@ class SQLiteStore:
         rows = rows[:size]
         if before is not None:
             rows.reverse()
-        return Page([_job_row(r, None) for r in rows], has_more)
+        return Page([_job_row(r, self._inline_results(conn, r, inline)) for r in rows], has_more)
 
     async def list_results(
         self, tenant: str, job_id: str, now: float, after: int | None, before: int | None, size: int
@@ -356,6 +373,8 @@ class SQLiteStore:
                 "pending": new.pending,
                 "message": new.message,
                 "message_set": int(new.message_set),
+                "skipped": new.skipped,
+                "cancelled": int(new.cancelled),
                 "bump": int(visible),
                 "claimed_at": claimed_at,
                 "finished": int(finished),
@@ -364,8 +383,6 @@ class SQLiteStore:
                 "finished_prefix": finished_prefix(now),
             },
         )
-        if finished:
-            conn.execute(self._q["leases.revoke_job"], {"job_id": job_id})
 
     def _state(self, conn: sqlite3.Connection, job_id: str) -> JobState:
         row = conn.execute(self._q["job_state.select"], {"id": job_id}).fetchone()

@@ -60,11 +60,13 @@ WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now
 
 -- name: job_state.select
 -- The counters the lifecycle rules (joblot.models) read inside a write transaction.
-SELECT status, total, progress, failures, pending, message, message_set, max_failures
+SELECT status, total, progress, failures, pending, message, message_set, max_failures,
+       skipped, cancelled
 FROM jobs WHERE id = :id;
 
 -- name: job_state.select_for_tenant
-SELECT status, total, progress, failures, pending, message, message_set, max_failures
+SELECT status, total, progress, failures, pending, message, message_set, max_failures,
+       skipped, cancelled
 FROM jobs WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now);
 
 -- name: job_state.save
@@ -73,6 +75,7 @@ FROM jobs WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires
 UPDATE jobs SET
     status = :status, progress = :progress, failures = :failures, pending = :pending,
     message = :message, message_set = :message_set, version = version + :bump,
+    skipped = :skipped, cancelled = :cancelled,
     claimed_at = coalesce(:claimed_at, claimed_at),
     finished_at = CASE WHEN :finished THEN :now ELSE finished_at END,
     expires_at = CASE WHEN :finished THEN :now + :retention ELSE expires_at END,
@@ -117,10 +120,6 @@ DELETE FROM leases WHERE id = :lease_id;
 DELETE FROM leases WHERE id = :lease_id AND NOT EXISTS (
     SELECT 1 FROM items WHERE lease_id = :lease_id AND state = 'leased'
 );
-
--- name: leases.revoke_job
--- A finished job is frozen: its outstanding leases are revoked so late results are refused.
-DELETE FROM leases WHERE job_id = :job_id;
 
 -- name: renew_leases
 UPDATE leases SET expires_at = :until

@@ -15,6 +15,8 @@ CREATE TABLE jobs (
     message         TEXT,
     message_set     INTEGER NOT NULL DEFAULT 0,   -- a handler set the message
     max_failures    INTEGER,
+    skipped         INTEGER NOT NULL DEFAULT 0,   -- items that never ran: the job stopped
+    cancelled       INTEGER NOT NULL DEFAULT 0,
     version         INTEGER NOT NULL DEFAULT 1,   -- bumped by every visible change (ETag)
     claimed_at      REAL NOT NULL DEFAULT 0,      -- last claim: round-robin order across jobs
     idempotency_key TEXT,
