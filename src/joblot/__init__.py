@@ -1,0 +1,21 @@
+"""joblot: submit a job of N items, run it on your own workers, poll its JobStatus."""
+
+from joblot.app import App, Context, ItemFailed, JobAborted
+from joblot.client import AsyncClient, Client
+from joblot.errors import ClientError
+from joblot.models import JobStatus, Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "Context",
+    "ItemFailed",
+    "JobAborted",
+    "JobStatus",
+    "Status",
+    "__version__",
+]

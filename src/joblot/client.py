@@ -1,0 +1,403 @@
+"""AsyncClient and Client: the joblot HTTP API over httpx, one async core with a sync facade."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import enum
+import functools
+import threading
+import time
+from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping, Sequence
+from contextlib import aclosing
+from importlib.metadata import PackageNotFoundError, version
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from joblot.errors import ClientError
+from joblot.models import JobStatus
+
+T = TypeVar("T")
+
+API = "/api/v2"
+MAX_PAGE_SIZE = 100  # the server refuses larger pages
+SHOW_MANY_CHUNK = 100  # the server takes at most this many ids per show_many
+MAX_RETRY_AFTER = 60.0
+THROTTLED = frozenset({429, 503})
+
+
+@functools.cache
+def _user_agent() -> str:
+    """`joblot-client/<version>`, so server logs can tell clients apart."""
+    try:
+        return f"joblot-client/{version('joblot')}"
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "joblot-client/0"
+
+
+class Retry(enum.Enum):
+    """Which failures a request may be sent again after."""
+
+    NEVER = "never"  # a plain submit: a second try could queue the job twice
+    THROTTLED = "throttled"  # only a 429/503 answer, where the server did nothing
+    ALWAYS = "always"  # idempotent: throttling and connection errors alike
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (0-based) when the server named none."""
+    return float(min(0.1 * 2**attempt, 5.0))
+
+
+def retry_after(response: httpx.Response, attempt: int) -> float:
+    """The wait a 429/503 asks for in `Retry-After` (integer seconds), capped at a minute."""
+    raw = response.headers.get("retry-after", "").strip()
+    if raw.isdigit():
+        return min(float(raw), MAX_RETRY_AFTER)
+    return backoff(attempt)
+
+
+def error_from(response: httpx.Response) -> ClientError:
+    """The ClientError for an error answer, JSON `{"error", "description"}` or not."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):  # Zendesk also answers {"error": {"title", "message"}}
+        name, text = error.get("title"), error.get("message")
+    else:
+        name, text = error, body.get("description") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name:
+        name = response.reason_phrase or "HTTPError"
+        text = text if isinstance(text, str) else response.text.strip()[:500]
+    description = text if isinstance(text, str) else ""
+    return ClientError(response.status_code, name, description)
+
+
+def json_body(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a successful answer; anything else is a ClientError."""
+    if response.status_code >= 300:
+        raise error_from(response)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ClientError(
+            response.status_code,
+            "InvalidResponse",
+            f"expected a JSON object from {response.request.url}, got {response.text[:200]!r}",
+        )
+    return body
+
+
+def job_status(body: dict[str, Any]) -> JobStatus:
+    """The JobStatus inside a `{"job_status": {...}}` body."""
+    return JobStatus.model_validate(body["job_status"])
+
+
+def status_path(job_id: str, suffix: str = "") -> str:
+    """The path of one job status, with the id escaped so it cannot leave its segment."""
+    return f"{API}/job_statuses/{quote(job_id, safe='')}{suffix}.json"
+
+
+def checked_page_size(page_size: int) -> int:
+    """A page size the server accepts: at least 1, at most 100."""
+    if page_size < 1:
+        raise ValueError(f"page_size must be at least 1, got {page_size}")
+    return min(page_size, MAX_PAGE_SIZE)
+
+
+def wait_seconds(poll: float, deadline: float | None) -> int | None:
+    """The `Prefer: wait=N` of the next long poll; None once `deadline` has passed."""
+    if deadline is None:
+        return max(1, int(poll))
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    return max(1, int(min(poll, remaining)))
+
+
+class AsyncClient:
+    """The joblot API (and Zendesk's job_statuses) for asyncio code; follows cursors, retries."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_retries: int = 5,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
+        headers = {"User-Agent": _user_agent(), "Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        self._timeout = timeout  # a long poll adds its wait to this
+        self._max_retries = max_retries
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def _request(
+        self, method: str, path: str, retry: Retry, **options: Any
+    ) -> httpx.Response:
+        """Send a request, sleeping and resending on throttling or connection errors."""
+        for attempt in range(self._max_retries + 1):
+            last = attempt == self._max_retries
+            try:
+                response = await self._http.request(method, path, **options)
+            except httpx.TransportError:
+                if last or retry is not Retry.ALWAYS:
+                    raise
+                await asyncio.sleep(backoff(attempt))
+                continue
+            if last or retry is Retry.NEVER or response.status_code not in THROTTLED:
+                return response
+            await asyncio.sleep(retry_after(response, attempt))
+        raise AssertionError("unreachable: the last attempt always returns or raises")
+
+    async def _get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        return json_body(await self._request("GET", path, Retry.ALWAYS, params=params))
+
+    async def submit(
+        self,
+        job_type: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> JobStatus:
+        """Queue a job of `items`; with `idempotency_key` a retry returns the same job."""
+        headers: dict[str, str] = {}
+        retry = Retry.NEVER
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+            retry = Retry.ALWAYS
+        body = {"job": {"job_type": job_type, "items": [dict(item) for item in items]}}
+        response = await self._request("POST", f"{API}/jobs", retry, json=body, headers=headers)
+        return job_status(json_body(response))
+
+    async def get(self, job_id: str) -> JobStatus:
+        """The current JobStatus of a job."""
+        return job_status(await self._get(status_path(job_id)))
+
+    async def list(self, *, page_size: int = 100) -> AsyncGenerator[JobStatus, None]:
+        """Every job, unfinished first, fetched page by page."""
+        seen: set[str] = set()  # a job that finishes mid-listing moves; show it once
+        pages = self._paginate(f"{API}/job_statuses.json", "job_statuses", page_size)
+        async with aclosing(pages):
+            async for entry in pages:
+                status = JobStatus.model_validate(entry)
+                if status.id not in seen:
+                    seen.add(status.id)
+                    yield status
+
+    async def show_many(self, ids: builtins.list[str]) -> builtins.list[JobStatus]:
+        """The JobStatuses of the jobs among `ids` that exist, in the order asked."""
+        found: builtins.list[JobStatus] = []
+        for start in range(0, len(ids), SHOW_MANY_CHUNK):
+            chunk = ",".join(ids[start : start + SHOW_MANY_CHUNK])
+            body = await self._get(f"{API}/job_statuses/show_many.json", {"ids": chunk})
+            found.extend(JobStatus.model_validate(s) for s in body["job_statuses"])
+        return found
+
+    async def results(
+        self, job_id: str, *, page_size: int = 100
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """A job's result entries by index, fetched page by page (any job size)."""
+        pages = self._paginate(status_path(job_id, "/results"), "results", page_size)
+        async with aclosing(pages):
+            async for entry in pages:
+                yield entry
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Stop a job: items not yet started never run, and it ends `failed`."""
+        response = await self._request("POST", status_path(job_id, "/cancel"), Retry.THROTTLED)
+        return job_status(json_body(response))
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 25.0,
+    ) -> JobStatus:
+        """The JobStatus once the job is completed or failed, by long polling; or TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        response = await self._request("GET", status_path(job_id), Retry.ALWAYS)
+        status, tag = job_status(json_body(response)), response.headers.get("etag")
+        while not status.finished:
+            seconds = wait_seconds(poll, deadline)
+            if seconds is None:
+                raise TimeoutError(
+                    f"job {job_id} is still {status.status.value} after {timeout} s; "
+                    "wait longer, or cancel it"
+                )
+            headers: dict[str, str] = {}
+            if tag is None:  # no long poll on this server (Zendesk): poll gently instead
+                await asyncio.sleep(min(1.0, seconds))
+            else:
+                headers = {"If-None-Match": tag, "Prefer": f"wait={seconds}"}
+            response = await self._request(
+                "GET",
+                status_path(job_id),
+                Retry.ALWAYS,
+                headers=headers,
+                timeout=self._timeout + seconds,
+            )
+            tag = response.headers.get("etag", tag)
+            if response.status_code != 304:
+                status = job_status(json_body(response))
+        return status
+
+    async def _paginate(
+        self, path: str, key: str, page_size: int
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The entries under `key` of every page, following `meta.after_cursor`."""
+        params = {"page[size]": str(checked_page_size(page_size))}
+        while True:
+            body = await self._get(path, params)
+            for entry in body[key]:
+                yield entry
+            meta = body.get("meta") or {}
+            cursor = meta.get("after_cursor")
+            if not meta.get("has_more") or not cursor:
+                return
+            params = {**params, "page[after]": str(cursor)}
+
+
+class Client:
+    """The synchronous joblot client: runs an AsyncClient on a private event-loop thread."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_retries: int = 5,
+    ) -> None:
+        self._async = AsyncClient(
+            url, token, timeout=timeout, transport=transport, max_retries=max_retries
+        )
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="joblot-client"
+        )
+        self._thread.start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections and stop the event-loop thread."""
+        if self._closed:
+            return
+        try:
+            self._run(self._async.aclose())
+            self._run(self._loop.shutdown_asyncgens())  # iterators left half-read
+            self._run(self._loop.shutdown_default_executor())
+        finally:
+            self._closed = True
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the client's loop and wait for its outcome."""
+        if self._closed or threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("this joblot Client is closed (or called from its own loop)")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt: do not leave the request running
+            raise
+
+    def _iterate(self, agen: AsyncGenerator[T, None]) -> Iterator[T]:
+        """A sync iterator over an async generator running on the client's loop."""
+        try:
+            while True:
+                try:
+                    value = self._run(_next(agen))
+                except StopAsyncIteration:
+                    return
+                yield value
+        finally:
+            # Left early (break, or garbage collection possibly on the loop thread itself):
+            # schedule the close without waiting for it.
+            if not self._closed and self._loop.is_running():
+                asyncio.run_coroutine_threadsafe(agen.aclose(), self._loop)
+
+    def submit(
+        self,
+        job_type: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> JobStatus:
+        """Queue a job of `items`; with `idempotency_key` a retry returns the same job."""
+        return self._run(self._async.submit(job_type, items, idempotency_key=idempotency_key))
+
+    def get(self, job_id: str) -> JobStatus:
+        """The current JobStatus of a job."""
+        return self._run(self._async.get(job_id))
+
+    def list(self, *, page_size: int = 100) -> Iterator[JobStatus]:
+        """Every job, unfinished first, fetched page by page."""
+        return self._iterate(self._async.list(page_size=page_size))
+
+    def show_many(self, ids: builtins.list[str]) -> builtins.list[JobStatus]:
+        """The JobStatuses of the jobs among `ids` that exist, in the order asked."""
+        return self._run(self._async.show_many(ids))
+
+    def results(self, job_id: str, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """A job's result entries by index, fetched page by page (any job size)."""
+        return self._iterate(self._async.results(job_id, page_size=page_size))
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Stop a job: items not yet started never run, and it ends `failed`."""
+        return self._run(self._async.cancel(job_id))
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 25.0) -> JobStatus:
+        """The JobStatus once the job is completed or failed, by long polling; or TimeoutError."""
+        return self._run(self._async.wait(job_id, timeout=timeout, poll=poll))
+
+
+async def _next(agen: AsyncGenerator[T, None]) -> T:
+    """The next value of `agen` (StopAsyncIteration once exhausted), as a coroutine."""
+    return await anext(agen)
