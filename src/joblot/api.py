@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from joblot.auth import Authenticator
 from joblot.errors import (
     InvalidJSON,
     InvalidParameter,
@@ -27,6 +28,8 @@ from joblot.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     RecordNotFound,
+    TooManyRequests,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from joblot.models import Status
@@ -225,14 +228,20 @@ class Routes:
 
     def __init__(self, service: Service) -> None:
         self.service = service
+        self.auth = Authenticator(service.store, service.settings)
+
+    async def tenant(self, request: Request) -> str:
+        """The tenant this request acts for (401 without valid credentials)."""
+        return await self.auth.tenant(request.headers.get("authorization"))
 
     async def submit_job(self, request: Request) -> Response:
         """POST /api/v2/jobs: queue a job; 202 with Location and Retry-After."""
+        tenant = await self.tenant(request)
         key = request.headers.get("idempotency-key")
         if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
             raise InvalidParameter("Idempotency-Key must be 1 to 255 printable ASCII characters")
         doc = await read_json_body(request, self.service.settings.max_body_bytes)
-        row, created = await self.service.submit_job(tenant_of(request), doc, key)
+        row, created = await self.service.submit_job(tenant, doc, key)
         base = base_url(request, self.service)
         headers = {
             "Location": status_url(base, row.id),
@@ -247,7 +256,8 @@ class Routes:
 
     async def show_job(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/{id}: the JobStatus, with ETag and long poll."""
-        job_id, tenant = job_id_param(request), tenant_of(request)
+        tenant = await self.tenant(request)
+        job_id = job_id_param(request)
         given = request.headers.get("if-none-match")
         wait = prefer_wait(request)
         if given is not None and wait:
@@ -273,7 +283,7 @@ class Routes:
         after_key = decode_cursor(after, _LIST_KEY)
         before_key = decode_cursor(before, _LIST_KEY)
         page: Page[JobRow] = await self.service.list_jobs(
-            tenant_of(request), after_key, before_key, size
+            await self.tenant(request), after_key, before_key, size
         )
         base = base_url(request, self.service)
         rows = [render_status(r, base) for r in page.rows]
@@ -299,7 +309,7 @@ class Routes:
         if len(ids) > MAX_SHOW_MANY:
             raise InvalidParameter(f"show_many takes at most {MAX_SHOW_MANY} ids")
         wanted = list(dict.fromkeys(i for i in ids if _JOB_ID.fullmatch(i)))
-        rows = await self.service.get_jobs(tenant_of(request), wanted)
+        rows = await self.service.get_jobs(await self.tenant(request), wanted)
         base = base_url(request, self.service)
         return JSONResponse({"job_statuses": [render_status(r, base) for r in rows]})
 
@@ -310,7 +320,7 @@ class Routes:
         after_idx = decode_cursor(after, re.compile(r"\d{1,12}"))
         before_idx = decode_cursor(before, re.compile(r"\d{1,12}"))
         page = await self.service.list_results(
-            tenant_of(request),
+            await self.tenant(request),
             job_id,
             None if after_idx is None else int(after_idx),
             None if before_idx is None else int(before_idx),
@@ -332,7 +342,8 @@ class Routes:
 
     async def cancel_job(self, request: Request) -> Response:
         """POST /api/v2/job_statuses/{id}/cancel: stop the job; unstarted items never run."""
-        row = await self.service.cancel_job(tenant_of(request), job_id_param(request))
+        tenant = await self.tenant(request)
+        row = await self.service.cancel_job(tenant, job_id_param(request))
         body = {"job_status": render_status(row, base_url(request, self.service))}
         return JSONResponse(body, headers={"ETag": etag(row.id, row.version)})
 
@@ -344,11 +355,6 @@ class Routes:
         """GET /healthz: the process answers and its database is reachable."""
         applied, latest = await self.service.store.schema_version()
         return JSONResponse({"status": "ok", "schema": applied, "latest_schema": latest})
-
-
-def tenant_of(request: Request) -> str:
-    """The tenant the request acts for (the default tenant until tokens are configured)."""
-    return ""
 
 
 def _tags(header: str) -> set[str]:
@@ -378,7 +384,12 @@ async def _joblot_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, JoblotError)
     if exc.status_code >= 500:
         log.warning("%s %s: %s", request.method, request.url.path, exc.description)
-    return error_response(exc)
+    headers = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="joblot", Basic realm="joblot"'
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after)
+    return error_response(exc, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -14,6 +15,7 @@ import httpx
 import orjson
 
 from joblot import __version__
+from joblot.auth import check_tenant
 from joblot.client import Client
 from joblot.config import load_client_settings, load_settings
 from joblot.errors import ClientError, JoblotError
@@ -39,6 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "app": args.app,
             "workers": args.workers,
             "public_url": args.public_url,
+            "insecure": args.insecure,
         }
     )
     configure_logging(settings.log_level)
@@ -69,6 +72,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     else:
         print(f"{settings.database_url} is up to date")
     return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """Create, list or revoke API tokens (stored hashed in the database)."""
+    from joblot import server
+
+    settings = load_settings({"database_url": args.db})
+    if args.tokens_command == "create":
+        try:
+            tenant = check_tenant(args.tenant)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(asyncio.run(server.create_token(settings, tenant)))
+    elif args.tokens_command == "revoke":
+        if not asyncio.run(server.revoke_token(settings, args.id)):
+            raise UsageError(f"there is no live token with id {args.id!r} (see `tokens list`)")
+        print(f"revoked token {args.id}")
+    else:
+        print(f"{'ID':12}  {'TENANT':24}  {'CREATED (UTC)':19}  STATE")
+        for row in asyncio.run(server.list_tokens(settings)):
+            state = "live" if row.revoked_at is None else f"revoked {_utc(row.revoked_at)}"
+            print(f"{row.id:12}  {row.tenant:24}  {_utc(row.created_at)}  {state}")
+    return 0
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 # -- client commands --------------------------------------------------------------------------
@@ -234,12 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default 8000)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (default 1)")
     p.add_argument("--public-url", help="base of JobStatus urls (default: the request's)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve without tokens on a non-loopback address (not recommended)",
+    )
     p = command("worker", cmd_worker, "run a worker process only")
     _server_flags(p)
     p.add_argument("--concurrency", type=int, metavar="N", help="items run at once (default 4)")
     _server_flags(
         command("migrate", cmd_migrate, "bring the database schema up to date"), app=False
     )
+    p = command("tokens", cmd_tokens, "create, list or revoke API tokens")
+    tokens = p.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    created = tokens.add_parser("create", help="mint a token; stdout is the token alone")
+    created.add_argument("--tenant", required=True, help="the tenant the token acts for")
+    _server_flags(created, app=False)
+    _server_flags(
+        tokens.add_parser("list", help="list tokens (never the tokens themselves)"), app=False
+    )
+    revoked = tokens.add_parser("revoke", help="revoke a token by its id")
+    revoked.add_argument("id")
+    _server_flags(revoked, app=False)
     p = command("submit", cmd_submit, "submit a job and print its JobStatus")
     p.add_argument("job_type")
     p.add_argument("--items", metavar="FILE", help="JSON array or JSON lines (default: stdin)")

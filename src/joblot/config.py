@@ -33,10 +33,14 @@ class Settings:
     max_items: int = 100_000  # items accepted in one job
     max_body_bytes: int = 16 * 1024 * 1024  # request bodies larger than this get a 413
     idle_poll_seconds: float = 0.05  # how often an idle worker looks for new items
+    max_active_jobs: int = 30  # queued or working jobs a tenant may have (Zendesk's limit)
+    rate_limit_per_minute: int = 700  # requests a token may make, per API process
+    insecure: bool = False  # allow serving without tokens on a non-loopback address
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        positive = ("port", "concurrency", "lease_seconds", "batch_size", "max_attempts")
+        positive = ("port", "concurrency", "lease_seconds", "batch_size", "max_attempts",
+                    "max_active_jobs", "rate_limit_per_minute")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)}")
@@ -64,6 +68,10 @@ class Settings:
 
 def _convert(name: str, kind: Any, raw: str) -> Any:
     kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if kind_name == "bool":
+        if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"JOBLOT_{name.upper()}={raw!r} is not true or false")
+        return raw.lower() in ("1", "true", "yes")
     try:
         if kind_name.startswith("int"):
             return int(raw)

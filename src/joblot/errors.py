@@ -78,6 +78,30 @@ class IdempotencyKeyReused(Conflict):
     name = "IdempotencyKeyReused"
 
 
+class Unauthorized(JoblotError):
+    """Missing, malformed, unknown or revoked credentials."""
+
+    status_code = 401
+    name = "Couldn't authenticate you"
+
+
+class TooManyRequests(JoblotError):
+    """A rate limit or quota was hit; `retry_after` says in how many seconds to try again."""
+
+    status_code = 429
+    name = "TooManyRequests"
+
+    def __init__(self, description: str, retry_after: int = 1) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+class TooManyJobs(TooManyRequests):
+    """The tenant already has as many queued or working jobs as it may."""
+
+    name = "TooManyJobs"
+
+
 class PayloadTooLarge(JoblotError):
     """The request body is larger than the server accepts."""
 

@@ -16,10 +16,11 @@ import uvicorn
 
 from joblot.api import create_app
 from joblot.app import App, load_app
+from joblot.auth import is_loopback, mint_token
 from joblot.config import Settings
-from joblot.errors import SchemaOutOfDate
+from joblot.errors import ConfigError, SchemaOutOfDate
 from joblot.service import Service
-from joblot.store import Store, open_store
+from joblot.store import Store, TokenRow, open_store
 from joblot.worker import Worker
 
 log = logging.getLogger("joblot.server")
@@ -51,6 +52,57 @@ async def prepare_store(settings: Settings, migrate_if_empty: bool) -> Store:
         await store.close()
         raise
     return store
+
+
+async def create_token(settings: Settings, tenant: str) -> str:
+    """Mint a token for `tenant`, store its digest, and return the token (shown once)."""
+    store = await prepare_store(settings, migrate_if_empty=True)
+    try:
+        minted = mint_token()
+        await store.create_token(minted.token_id, tenant, minted.digest, time.time())
+        return minted.secret
+    finally:
+        await store.close()
+
+
+async def list_tokens(settings: Settings) -> list[TokenRow]:
+    """Every token, without the tokens themselves."""
+    store = await prepare_store(settings, migrate_if_empty=False)
+    try:
+        return await store.list_tokens()
+    finally:
+        await store.close()
+
+
+async def revoke_token(settings: Settings, token_id: str) -> bool:
+    """Revoke a token; False if there is no such live token."""
+    store = await prepare_store(settings, migrate_if_empty=False)
+    try:
+        return await store.revoke_token(token_id, time.time())
+    finally:
+        await store.close()
+
+
+async def check_exposure(store: Store, settings: Settings) -> None:
+    """Refuse to serve without tokens beyond this machine unless `--insecure` was given."""
+    if await store.count_tokens() > 0:
+        log.info("API tokens are configured: every request must carry one")
+    elif is_loopback(settings.host):
+        log.warning(
+            "no API tokens: serving WITHOUT authentication, on %s only (loopback); "
+            "create one with `joblot tokens create --tenant NAME`",
+            settings.host,
+        )
+    elif settings.insecure:
+        log.warning(
+            "no API tokens and --insecure: serving WITHOUT authentication on %s", settings.host
+        )
+    else:
+        raise ConfigError(
+            f"refusing to serve on {settings.host} without API tokens: create "
+            "one with `joblot tokens create --tenant NAME`, bind to 127.0.0.1, "
+            "or pass --insecure"
+        )
 
 
 async def migrate(settings: Settings) -> list[int]:
@@ -143,6 +195,11 @@ def serve(settings: Settings) -> None:
     app = load_app(settings.app)
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(prepare_store(settings, migrate_if_empty=True))
+    try:
+        loop.run_until_complete(check_exposure(store, settings))
+    except ConfigError:
+        loop.run_until_complete(store.close())
+        raise
     service = Service(store, app, settings)
     pool = WorkerPool(settings, settings.workers)
     pool.start()

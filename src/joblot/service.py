@@ -117,6 +117,7 @@ class Service:
             created_at=now,
             idempotency_key=idempotency_key,
             request_hash=digest,
+            max_active_jobs=self.settings.max_active_jobs,
         )
         row, created = await self.store.submit_job(job)
         if not created:  # a replay answers with the job as it is now

@@ -81,3 +81,52 @@ def test_migrate_reports_what_it_applied(joblot_env: dict[str, str], tmp_path: P
 def test_worker_refuses_an_unmigrated_database(joblot_env: dict[str, str], tmp_path: Path) -> None:
     result = run_cli("worker", "--db", f"sqlite:///{tmp_path}/empty.db", env=joblot_env)
     assert result.returncode == 1 and "joblot migrate" in result.stderr
+
+
+def test_tokens_are_minted_once_listed_without_secret_and_revoked(
+    joblot_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path}/t.db"
+    created = run_cli("tokens", "create", "--tenant", "acme", "--db", db, env=joblot_env)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert created.stdout == token + "\n" and token.startswith("jl_")
+    listed = run_cli("tokens", "list", "--db", db, env=joblot_env)
+    token_id = token.split("_")[1]
+    assert token_id in listed.stdout and "acme" in listed.stdout and "live" in listed.stdout
+    assert token not in listed.stdout
+    assert run_cli("tokens", "revoke", token_id, "--db", db, env=joblot_env).returncode == 0
+    assert "revoked" in run_cli("tokens", "list", "--db", db, env=joblot_env).stdout
+    again = run_cli("tokens", "revoke", token_id, "--db", db, env=joblot_env)
+    assert again.returncode == 2 and "no live token" in again.stderr
+    bad = run_cli("tokens", "create", "--tenant", "no spaces", "--db", db, env=joblot_env)
+    assert bad.returncode == 2 and "tenant name" in bad.stderr
+
+
+def test_serve_refuses_a_public_address_without_tokens(
+    joblot_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path}/p.db"
+    refused = run_cli(
+        "serve", "--db", db, "--host", "0.0.0.0", "--workers", "0", env=joblot_env, timeout=30
+    )
+    assert refused.returncode == 1
+    assert "refusing to serve on 0.0.0.0 without API tokens" in refused.stderr
+
+
+def test_client_commands_send_the_token(
+    start_server: Any, joblot_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path}/joblot.db"
+    token = run_cli(
+        "tokens", "create", "--tenant", "acme", "--db", db, env=joblot_env
+    ).stdout.strip()
+    server = start_server(workers=1, db=db)
+    env = _env(joblot_env, server)
+    anonymous = run_cli("submit", "demo.echo", env=env, stdin='[{"id": 1}]')
+    assert anonymous.returncode == 1 and "Couldn't authenticate you" in anonymous.stderr
+    submitted = run_cli("submit", "demo.echo", "--token", token, env=env, stdin='[{"id": 1}]')
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_status"]["id"]
+    watched = run_cli("watch", job_id, env={**env, "JOBLOT_TOKEN": token})
+    assert watched.returncode == 0 and "Completed at" in watched.stdout

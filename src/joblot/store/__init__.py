@@ -23,6 +23,17 @@ class NewJob:
     created_at: float
     idempotency_key: str | None = None
     request_hash: str | None = None
+    max_active_jobs: int | None = None  # refuse with TooManyJobs past this many unfinished
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """An API token as listed: never the token itself."""
+
+    id: str
+    tenant: str
+    created_at: float
+    revoked_at: float | None
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,21 @@ class Store(Protocol):
 
     async def purge_expired(self, now: float) -> int:
         """Delete jobs whose retention has passed; return how many."""
+
+    async def create_token(self, token_id: str, tenant: str, digest: str, now: float) -> None:
+        """Store a new token's digest."""
+
+    async def list_tokens(self) -> list[TokenRow]:
+        """Every token, revoked ones included."""
+
+    async def revoke_token(self, token_id: str, now: float) -> bool:
+        """Revoke a token; False if there is no such live token."""
+
+    async def find_token(self, digest: str) -> tuple[str, str] | None:
+        """(token id, tenant) of the live token with this digest."""
+
+    async def count_tokens(self) -> int:
+        """How many live tokens there are."""
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new items may be claimable, or after `timeout` seconds at the latest."""

@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 
 import orjson
 
-from joblot.errors import ConfigError, IdempotencyKeyReused, JobFinished, Unavailable
+from joblot.errors import (
+    ConfigError,
+    IdempotencyKeyReused,
+    JobFinished,
+    TooManyJobs,
+    Unavailable,
+)
 from joblot.models import (
     JobState,
     Status,
@@ -34,6 +40,7 @@ from joblot.store import (
     JobRow,
     NewJob,
     Page,
+    TokenRow,
     finished_prefix,
     unfinished_list_key,
 )
@@ -131,6 +138,42 @@ class SQLiteStore:
             raise
         conn.execute("COMMIT")
 
+    # -- tokens -----------------------------------------------------------------------------
+
+    async def create_token(self, token_id: str, tenant: str, digest: str, now: float) -> None:
+        """Store a new token's digest."""
+        args = {"id": token_id, "tenant": tenant, "digest": digest, "now": now}
+        await self._write(self._execute_in_transaction, "tokens.create", args)
+
+    async def list_tokens(self) -> list[TokenRow]:
+        """Every token, revoked ones included, oldest first."""
+        rows = await self._read(self._fetch, "tokens.list", {})
+        return [TokenRow(*row) for row in rows]
+
+    async def revoke_token(self, token_id: str, now: float) -> bool:
+        """Revoke a live token."""
+        args = {"id": token_id, "now": now}
+        return await self._write(self._execute_in_transaction, "tokens.revoke", args) == 1
+
+    async def find_token(self, digest: str) -> tuple[str, str] | None:
+        """(token id, tenant) of the live token with this digest."""
+        rows = await self._read(self._fetch, "tokens.find", {"digest": digest})
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def count_tokens(self) -> int:
+        """How many live tokens there are."""
+        rows = await self._read(self._fetch, "tokens.count_active", {})
+        return int(rows[0][0])
+
+    def _execute_in_transaction(
+        self, conn: sqlite3.Connection, name: str, args: dict[str, Any]
+    ) -> int:
+        with self._transaction(conn):
+            return conn.execute(self._q[name], args).rowcount
+
+    def _fetch(self, conn: sqlite3.Connection, name: str, args: dict[str, Any]) -> list[Any]:
+        return conn.execute(self._q[name], args).fetchall()
+
     async def wait_for_work(self, timeout: float) -> None:
         """Differs by necessity from PostgreSQL: SQLite has no notifications, so idle workers
         poll (one cheap indexed read per `idle_poll_seconds`)."""
@@ -194,6 +237,8 @@ class SQLiteStore:
                 existing = self._find_idempotent(conn, job)
                 if existing is not None:
                     return existing, False
+            if job.max_active_jobs is not None:
+                self._check_quota(conn, job.tenant, job.max_active_jobs)
             list_key = unfinished_list_key(job.created_at, job.id)
             conn.execute(
                 self._q["submit_job.insert_job"],
@@ -218,6 +263,15 @@ class SQLiteStore:
             job.id, job.job_type, Status.QUEUED, len(job.payloads), 0, None, 1, None, list_key
         )
         return row, True
+
+    def _check_quota(self, conn: sqlite3.Connection, tenant: str, limit: int) -> None:
+        (active,) = conn.execute(self._q["submit_job.count_active"], {"tenant": tenant}).fetchone()
+        if active >= limit:
+            raise TooManyJobs(
+                f"this tenant already has {active} queued or working jobs, the most allowed; "
+                "wait for some to finish",
+                retry_after=5,
+            )
 
     def _find_idempotent(self, conn: sqlite3.Connection, job: NewJob) -> JobRow | None:
         found = conn.execute(

@@ -159,3 +159,23 @@ DELETE FROM results WHERE job_id = :id AND idx IN (
 
 -- name: purge_expired.job
 DELETE FROM jobs WHERE id = :id;
+
+-- name: submit_job.count_active
+-- The per-tenant quota of queued or working jobs; unfinished jobs are the ones whose
+-- listing key starts with 0, so this is a range scan of the tenant's part of jobs_list.
+SELECT count(*) FROM jobs WHERE tenant = :tenant AND list_key < '1';
+
+-- name: tokens.create
+INSERT INTO tokens (id, tenant, digest, created_at) VALUES (:id, :tenant, :digest, :now);
+
+-- name: tokens.list
+SELECT id, tenant, created_at, revoked_at FROM tokens ORDER BY created_at, id;
+
+-- name: tokens.revoke
+UPDATE tokens SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
+
+-- name: tokens.find
+SELECT id, tenant FROM tokens WHERE digest = :digest AND revoked_at IS NULL;
+
+-- name: tokens.count_active
+SELECT count(*) FROM tokens WHERE revoked_at IS NULL;

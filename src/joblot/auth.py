@@ -1,0 +1,171 @@
+"""API tokens: minting, hashing, reading credentials from requests, and per-token rate limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import math
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from joblot.config import Settings
+from joblot.errors import TooManyRequests, Unauthorized
+from joblot.store import Store
+
+TOKEN_PREFIX = "jl_"
+_TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+MAX_TENANT_LENGTH = 64
+MAX_CREDENTIAL_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    """A new token: `secret` is shown once; only `digest` is stored."""
+
+    token_id: str
+    secret: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts for: a token of one tenant."""
+
+    token_id: str
+    tenant: str
+
+
+def digest(token: str) -> str:
+    """The stored form of a token. Tokens are 256 random bits, so a plain SHA-256 suffices:
+    there is nothing to brute-force that a slow password hash would protect."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def mint_token() -> MintedToken:
+    """A fresh random token and its public id."""
+    token_id = secrets.token_hex(6)
+    secret = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+    return MintedToken(token_id, secret, digest(secret))
+
+
+def check_tenant(name: str) -> str:
+    """A tenant name: 1 to 64 letters, digits, `-`, `_` or `.`."""
+    if not 0 < len(name) <= MAX_TENANT_LENGTH or not set(name) <= _TENANT_CHARS:
+        raise ValueError("a tenant name has 1 to 64 letters, digits, '-', '_' or '.'")
+    return name
+
+
+def credential(authorization: str | None) -> str | None:
+    """The token in an Authorization header: `Bearer <token>`, or Zendesk-style Basic
+    `<email>/token:<token>`. None when absent or unreadable."""
+    if not authorization or len(authorization) > MAX_CREDENTIAL_LENGTH:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user.endswith("/token") or not password:
+        return None
+    return password
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class RateLimiter:
+    """A token bucket per key: `per_minute` requests a minute, bursts up to the same number.
+
+    Kept in the memory of each API process, so with several API nodes the limit applies per
+    node; that bounds a runaway client without a shared counter on every request.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str, now: float | None = None) -> int:
+        """Take one request; 0 if allowed, else whole seconds to wait (for `Retry-After`)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, stamp = self._buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - stamp) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0
+            self._buckets[key] = (tokens, now)
+            return max(1, math.ceil((1.0 - tokens) / self.rate))
+
+
+DEFAULT_TENANT = "default"  # owns the jobs submitted while the server runs without tokens
+CACHE_SECONDS = 2.0  # a revoked token stops working within this long
+
+
+class Authenticator:
+    """Turns an Authorization header into the tenant a request acts for."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.open_allowed = settings.insecure or is_loopback(settings.host)
+        self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        self._tokens: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._live: tuple[float, int] = (-CACHE_SECONDS, 0)
+
+    async def tenant(self, authorization: str | None) -> str:
+        """The tenant of the credentials; without any, the default tenant if serving open."""
+        token = credential(authorization)
+        if token is None:
+            if authorization is None and self.open_allowed and await self._live_tokens() == 0:
+                return DEFAULT_TENANT
+            raise Unauthorized(
+                "send Authorization: Bearer <token> (or Basic "
+                "<email>/token:<token>); tokens come from `joblot tokens create`"
+            )
+        found = await self._find(digest(token))
+        if found is None:
+            raise Unauthorized("that token is unknown or was revoked")
+        token_id, tenant = found
+        wait = self.limiter.acquire(token_id)
+        if wait:
+            raise TooManyRequests(
+                f"this token made more than {self.limiter.capacity:.0f} "
+                f"requests a minute; retry in {wait} s",
+                retry_after=wait,
+            )
+        return tenant
+
+    async def _find(self, token_digest: str) -> tuple[str, str] | None:
+        now = time.monotonic()
+        cached = self._tokens.get(token_digest)
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        found = await self.store.find_token(token_digest)
+        if len(self._tokens) > 10_000:
+            self._tokens.clear()
+        self._tokens[token_digest] = (now, found)
+        return found
+
+    async def _live_tokens(self) -> int:
+        now = time.monotonic()
+        if now - self._live[0] >= CACHE_SECONDS:
+            self._live = (now, await self.store.count_tokens())
+        return self._live[1]
