@@ -7,6 +7,7 @@ import base64
 import binascii
 import logging
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -44,6 +45,7 @@ MAX_PAGE_SIZE = 100
 MAX_SHOW_MANY = 100
 MAX_WAIT_SECONDS = 60
 LONG_POLL_INTERVAL = 0.05
+OFFLOAD_BYTES = 256 * 1024
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 _LIST_KEY = re.compile(r"[01][0-9]{16}(?:[0-9]{16})?[0-9a-f]{32}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -114,15 +116,25 @@ def job_id_param(request: Request) -> str:
     return raw
 
 
+def whole_number(text: str) -> int | None:
+    """`text` as a whole number when it is ASCII digits, else None. (`str.isdigit()` alone
+    also passes "²", which int() refuses, and int() refuses more than 4300 digits.)"""
+    if not text.isascii() or not text.isdigit():
+        return None
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else sys.maxsize
+
+
 def page_params(request: Request) -> tuple[str | None, str | None, int]:
     """`page[after]`, `page[before]` and `page[size]` (1 to 100, default 100)."""
     query = request.query_params
     raw_size = query.get("page[size]")
     size = MAX_PAGE_SIZE
     if raw_size is not None:
-        if not raw_size.isdigit() or not 1 <= int(raw_size[:6]) <= MAX_PAGE_SIZE:
+        number = whole_number(raw_size)
+        if number is None or not 1 <= number <= MAX_PAGE_SIZE:
             raise InvalidParameter(f"page[size] must be a whole number from 1 to {MAX_PAGE_SIZE}")
-        size = int(raw_size)
+        size = number
     after, before = query.get("page[after]"), query.get("page[before]")
     if after is not None and before is not None:
         raise InvalidParameter("give page[after] or page[before], not both")
@@ -198,7 +210,8 @@ async def read_json_body(request: Request, limit: int) -> Any:
     too_large = PayloadTooLarge(
         f"the body is larger than {limit} bytes; split the items into several jobs"
     )
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared_size = None if declared is None else whole_number(declared)
+    if declared_size is not None and declared_size > limit:
         raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -206,8 +219,11 @@ async def read_json_body(request: Request, limit: int) -> Any:
         if size > limit:
             raise too_large
         chunks.append(chunk)
+    body = b"".join(chunks)
     try:
-        return orjson.loads(b"".join(chunks))
+        if len(body) > OFFLOAD_BYTES:  # a big body is parsed without stalling other requests
+            return await asyncio.to_thread(orjson.loads, body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
 

@@ -82,8 +82,17 @@ def success_entry(
     if action is not None:
         entry["action"] = action
     entry.update(returned)
+    # index, success and the declared action are the service's to say, not the handler's;
+    # error and details, if a handler returns them, must read as Zendesk's text fields
     entry["index"] = index
     entry["success"] = True
+    if action is not None:
+        entry["action"] = action
+    elif "action" in entry and not isinstance(entry["action"], str | None):
+        entry["action"] = str(entry["action"])
+    for key in ("error", "details"):
+        if key in entry and not isinstance(entry[key], str | None):
+            entry[key] = str(entry[key])
     return entry
 
 

@@ -19,16 +19,20 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
+    """The error answers of an operation: `codes`, plus 401 and 429, which every endpoint
+    can give (each needs a token and is rate limited)."""
     text = {
         400: "Bad request",
+        401: "Missing, unknown or revoked token",
         404: "No such job",
         409: "Conflict with the job's state",
         413: "Body too large",
         415: "Body is not JSON",
         422: "Invalid job",
+        429: "Rate limit or job quota reached; retry after Retry-After seconds",
         503: "Database unreachable; retry",
     }
-    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+    return {str(c): _json(_ref("Error"), text[c]) for c in sorted({*codes, 401, 429})}
 
 
 _ID = {

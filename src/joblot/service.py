@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -10,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from joblot import codec
 from joblot.app import App, JobType
 from joblot.config import Settings
 from joblot.errors import (
@@ -81,10 +83,35 @@ def _check_item(index: int, item: Any) -> None:
         raise RecordInvalid(f"items[{index}].id does not fit in 64 bits")
 
 
+def encode_items(items: list[dict[str, Any]]) -> list[bytes]:
+    """Each item as stored JSON. orjson reads 1024 levels of nesting but writes only about
+    255, so a deeper item is refused here, naming it, instead of failing the write."""
+    payloads = []
+    for index, item in enumerate(items):
+        try:
+            payloads.append(codec.dumps(item))
+        except orjson.JSONEncodeError:
+            raise RecordInvalid(
+                f"items[{index}] nests arrays and objects too deeply; keep items under 250 levels"
+            ) from None
+    return payloads
+
+
 def request_hash(job_type: str, items: list[dict[str, Any]]) -> str:
     """A digest of what was asked, to tell an idempotent retry from a reused key."""
-    canonical = orjson.dumps([job_type, items], option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical).hexdigest()
+    digest = hashlib.sha256(job_type.encode())
+    for item in items:  # one item at a time: no deeper than the stored payloads
+        digest.update(b"\n" + orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
+
+
+OFFLOAD_ITEMS = 2000  # submissions larger than this are validated and encoded in a thread
+
+
+def _item_count(doc: Any) -> int:
+    job = doc.get("job") if isinstance(doc, dict) else None
+    items = job.get("items") if isinstance(job, dict) else None
+    return len(items) if isinstance(items, list) else 0
 
 
 class Service:
@@ -104,25 +131,33 @@ class Service:
         self, tenant: str, doc: Any, idempotency_key: str | None = None
     ) -> tuple[JobRow, bool]:
         """Validate and store a job; a retry with the same key returns the same job."""
+        if _item_count(doc) > OFFLOAD_ITEMS:  # keep the event loop answering other requests
+            job = await asyncio.to_thread(self.new_job, tenant, doc, idempotency_key)
+        else:
+            job = self.new_job(tenant, doc, idempotency_key)
+        row, created = await self.store.submit_job(job)
+        if not created:  # a replay answers with the job as it is now
+            row = await self.get_job(tenant, row.id)
+        return row, created
+
+    def new_job(self, tenant: str, doc: Any, idempotency_key: str | None) -> NewJob:
+        """The job a submission describes, validated and encoded, ready to store."""
         job_type, items = parse_submission(doc, self.app, self.settings.max_items)
+        payloads = encode_items(items)
         now = self.clock()
         digest = request_hash(job_type.name, items) if idempotency_key is not None else None
-        job = NewJob(
+        return NewJob(
             id=new_job_id(now),
             tenant=tenant,
             job_type=job_type.name,
             action=job_type.action,
             max_failures=job_type.max_failures,
-            payloads=[orjson.dumps(i) for i in items],
+            payloads=payloads,
             created_at=now,
             idempotency_key=idempotency_key,
             request_hash=digest,
             max_active_jobs=self.settings.max_active_jobs,
         )
-        row, created = await self.store.submit_job(job)
-        if not created:  # a replay answers with the job as it is now
-            row = await self.get_job(tenant, row.id)
-        return row, created
 
     async def get_job(self, tenant: str, job_id: str) -> JobRow:
         """The job, or RecordNotFound."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from joblot import codec
 from joblot.app import App, Context, ItemFailed, JobAborted, JobType
 from joblot.errors import JoblotError
 from joblot.models import failure_entry, success_entry
@@ -33,24 +34,35 @@ def to_result(job_type: JobType, index: int, ident: dict[str, Any], returned: An
     """Turn what a handler returned (or raised, as `returned`) into a result entry.
 
     `ident` holds the item's `id`, taken before the handler ran (handlers may change items).
+    Whatever the handler did, this returns an entry: a result that cannot be stored fails
+    its item with `InvalidResult` instead of the worker.
     """
     if isinstance(returned, BaseException):
-        error, details = _describe(returned)
-        entry = failure_entry(index, ident, job_type.action, error, details)
-        return FinishedItem(index, False, orjson.dumps(entry))
+        return _failure(job_type, index, ident, *_describe(returned))
     if returned is None:
         returned = {}
     if not isinstance(returned, dict):
-        details = f"the handler returned {type(returned).__name__}; it must return a dict or None"
-        entry = failure_entry(index, ident, job_type.action, "InvalidResult", details)
-        return FinishedItem(index, False, orjson.dumps(entry))
-    entry = success_entry(index, ident, job_type.action, returned)
+        kind = type(returned).__name__
+        details = f"the handler returned {kind}; it must return a dict or None"
+        return _failure(job_type, index, ident, "InvalidResult", details)
     try:
-        return FinishedItem(index, True, orjson.dumps(entry))
-    except TypeError as exc:
+        entry = success_entry(index, ident, job_type.action, returned)
+        return FinishedItem(index, True, codec.dumps(entry))
+    except (TypeError, ValueError) as exc:
         details = f"the handler's result is not JSON-serializable: {exc}"
-        entry = failure_entry(index, ident, job_type.action, "InvalidResult", details)
-        return FinishedItem(index, False, orjson.dumps(entry))
+        return _failure(job_type, index, ident, "InvalidResult", details)
+
+
+def _failure(
+    job_type: JobType, index: int, ident: dict[str, Any], error: str, details: str
+) -> FinishedItem:
+    entry = failure_entry(index, ident, job_type.action, _text(error), _text(details))
+    return FinishedItem(index, False, codec.dumps(entry))
+
+
+def _text(value: str) -> str:
+    """Text that JSON can carry: lone surrogates (from odd exception messages) are replaced."""
+    return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def _ident(item: dict[str, Any]) -> dict[str, Any]:
