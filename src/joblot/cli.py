@@ -57,7 +57,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         {"database_url": args.db, "app": args.app, "concurrency": args.concurrency}
     )
     configure_logging(settings.log_level)
-    run_worker(settings)
+    run_worker(settings, parent=args.parent)
     return 0
 
 
@@ -273,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("worker", cmd_worker, "run a worker process only")
     _server_flags(p)
     p.add_argument("--concurrency", type=int, metavar="N", help="items run at once (default 4)")
+    p.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # set by `joblot serve`
     _server_flags(
         command("migrate", cmd_migrate, "bring the database schema up to date"), app=False
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from joblot.store import Store, TokenRow, open_store
 from joblot.worker import Worker
 
 log = logging.getLogger("joblot.server")
+PR_SET_PDEATHSIG = 1
 
 
 def configure_logging(level: str) -> None:
@@ -117,10 +119,20 @@ async def migrate(settings: Settings) -> list[int]:
 # -- worker process ---------------------------------------------------------------------------
 
 
-def run_worker(settings: Settings) -> None:
-    """Run one worker until SIGTERM or SIGINT, then stop gracefully."""
+def run_worker(settings: Settings, parent: int | None = None) -> None:
+    """Run one worker until SIGTERM or SIGINT (or, given `parent`, until that process dies)."""
     app = load_app(settings.app)
+    if parent is not None and not _exit_with_parent(parent):
+        return
     asyncio.run(_work(settings, app))
+
+
+def _exit_with_parent(parent: int) -> bool:
+    """Ask Linux to SIGTERM this process when its parent dies; False if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return os.getppid() == parent
 
 
 async def _work(settings: Settings, app: App) -> None:
@@ -157,7 +169,8 @@ class WorkerPool:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.to_env()}
-        return subprocess.Popen([sys.executable, "-m", "joblot", "worker"], env=env)
+        command = [sys.executable, "-m", "joblot", "worker", "--parent", str(os.getpid())]
+        return subprocess.Popen(command, env=env)
 
     def start(self) -> None:
         """Start the worker processes and a thread that restarts any that dies."""
@@ -167,13 +180,19 @@ class WorkerPool:
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):
             for i, proc in enumerate(self.procs):
-                if proc.poll() is not None and not self._stopping.is_set():
+                # exit status 0 is a worker that was asked to stop (e.g. Ctrl-C reached the
+                # whole process group): serve is stopping too, so it is not replaced
+                if proc.poll() not in (None, 0) and not self._stopping.is_set():
                     log.warning(
                         "worker process %d exited with %s; starting another",
                         proc.pid,
                         proc.returncode,
                     )
                     self.procs[i] = self._spawn()
+
+    def stopping(self) -> None:
+        """Replace no worker from now on."""
+        self._stopping.set()
 
     def stop(self) -> None:
         """SIGTERM every worker, give it time to finish its items, then kill what is left."""
@@ -210,8 +229,13 @@ def serve(settings: Settings) -> None:
         settings.database_url,
         settings.workers,
     )
+
+    async def on_close() -> None:
+        pool.stopping()
+        await store.close()
+
     config = uvicorn.Config(
-        create_app(service, on_close=store.close),
+        create_app(service, on_close=on_close),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

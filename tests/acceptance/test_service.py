@@ -165,3 +165,50 @@ def test_a_small_job_finishes_promptly_while_a_big_one_runs(start_server: Any) -
     big_now = server.status(big["id"])
     assert big_now["status"] == "working", "the small job should not wait for the big one"
     assert took < big_now["total"] * 0.01 / 4, f"small job took {took:.2f} s"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [
+            p
+            for p in pids
+            if Path(f"/proc/{p}").exists()
+            and "(Z)" not in Path(f"/proc/{p}/stat").read_text().replace(" Z ", "(Z)")
+        ]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return alive
+
+
+def test_workers_of_a_killed_serve_do_not_outlive_it(start_server: Any) -> None:
+    server = start_server(workers=2)
+    workers = _children(server.proc.pid)
+    assert len(workers) == 2
+    server.proc.kill()  # SIGKILL: serve cannot stop them itself
+    server.proc.wait()
+    assert _wait_gone(workers, 15) == [], "worker processes outlived serve"
+
+
+def test_ctrl_c_to_the_process_group_stops_serve_and_workers(start_server: Any) -> None:
+    server = start_server(workers=2)
+    workers = _children(server.proc.pid)
+    os.killpg(server.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert server.proc.wait(30) == 130  # the shell's code for an interrupted command
+    time.sleep(1.5)  # longer than the pool's watch interval: nothing may be respawned
+    assert _wait_gone(workers, 5) == []
+    assert _children(server.proc.pid) == []
