@@ -256,9 +256,9 @@ class SQLiteBase:
             },
         )
 
-    def _state(self, conn: sqlite3.Connection, job_id: str) -> JobState:
+    def _state(self, conn: sqlite3.Connection, job_id: str) -> JobState | None:
         row = conn.execute(self._q["job_state.select"], {"id": job_id}).fetchone()
-        return job_state(row)
+        return None if row is None else job_state(row)
 
     def _purge_job(self, conn: sqlite3.Connection, job_id: str) -> None:
         for name in ("purge_expired.items", "purge_expired.results"):
@@ -268,4 +268,5 @@ class SQLiteBase:
                 if deleted == 0:
                     break
         with self._transaction(conn) if not conn.in_transaction else nothing():
+            conn.execute(self._q["purge_expired.leases"], {"id": job_id})
             conn.execute(self._q["purge_expired.job"], {"id": job_id})

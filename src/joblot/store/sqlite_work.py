@@ -58,6 +58,7 @@ class SQLiteWork(SQLiteBase):
                 {"job_id": job_id, "lease_id": lease_id, "limit": limit},
             ).fetchall()
             old = self._state(conn, job_id)
+            assert old is not None  # picked in this very transaction
             self._save_state(
                 conn, job_id, old, after_claim(old, len(rows)), now, 0.0, claimed_at=now
             )
@@ -118,6 +119,8 @@ class SQLiteWork(SQLiteBase):
                 ((job_id, it.index, int(it.success), it.entry) for it in items),
             )
             old = self._state(conn, job_id)
+            if old is None:  # purged while this lease was out
+                raise _Refused()
             failed = sum(1 for it in items if not it.success)
             new = after_finish(old, len(items), failed, message, now)
             self._save_state(conn, job_id, old, new, now, retention)
@@ -186,6 +189,8 @@ class SQLiteWork(SQLiteBase):
         ).rowcount
         conn.execute(self._q["leases.release"], {"lease_id": lease_id})
         old = self._state(conn, job_id)
+        if old is None:  # the job was purged while its lease was out: nothing to return to
+            return len(rows)
         new = after_requeue(old, requeued)
         if spent:
             new = self._fail_spent(conn, job_id, lease_id, spent, new, now)

@@ -160,6 +160,10 @@ DELETE FROM results WHERE job_id = :id AND idx IN (
 -- name: purge_expired.job
 DELETE FROM jobs WHERE id = :id;
 
+-- name: purge_expired.leases
+-- A lease can outlive its job's retention (workers offline for longer); it goes too.
+DELETE FROM leases WHERE job_id = :id;
+
 -- name: submit_job.count_active
 -- The per-tenant quota of queued or working jobs; unfinished jobs are the ones whose
 -- listing key starts with 0, so this is a range scan of the tenant's part of jobs_list.

@@ -1,0 +1,334 @@
+-- Named queries of the PostgreSQL backend. Each block starts with `-- name: <name>`;
+-- the block's name is the Store method (and sub-step) that runs it, as in sqlite/queries.sql.
+-- Parameters are psycopg's named placeholders. Connections run in autocommit mode and
+-- write operations open an explicit transaction, so a one-statement read costs one round trip.
+--
+-- Lock order, followed by every write so that no two of them can deadlock:
+--   items of a lease (in index order) -> the job row -> lease rows (in id order).
+-- A claim locks the job row first but only ever skips locked items, so it never waits
+-- while holding it. Every lease deletion happens while the job row is held.
+
+-- name: migrations.lock
+-- Differs by necessity from SQLite, whose single writer is the lock: several nodes may run
+-- `joblot migrate` at once, so the first applies a migration and the others wait, then find
+-- it recorded. Keyed by schema, so databases shared by several schemas do not wait on each other.
+SELECT pg_advisory_xact_lock(1785684588, hashtext(coalesce(current_schema(), '')));
+
+-- name: migrations.create_table
+CREATE TABLE IF NOT EXISTS joblot_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at double precision NOT NULL
+);
+
+-- name: migrations.exists
+-- Whether the migrations table exists in the schema on the search path.
+SELECT to_regclass('joblot_migrations') IS NOT NULL;
+
+-- name: migrations.applied
+SELECT version FROM joblot_migrations ORDER BY version;
+
+-- name: migrations.record
+INSERT INTO joblot_migrations (version, name, applied_at) VALUES (%(version)s, %(name)s, %(now)s);
+
+-- name: submit_job.find_idempotent
+-- A retried submission with the same key finds the job the first one made.
+SELECT id, request_hash, expires_at FROM jobs
+WHERE tenant = %(tenant)s AND idempotency_key = %(key)s;
+
+-- name: submit_job.lock_tenant
+-- Differs by necessity from SQLite, whose single writer serializes submits: API nodes submit
+-- at once, so submits of one tenant that check its quota take turns (and only those).
+SELECT pg_advisory_xact_lock(1785684589, hashtext(%(tenant)s));
+
+-- name: submit_job.count_active
+-- The per-tenant quota of queued or working jobs; unfinished jobs are the ones whose
+-- listing key starts with 0, so this is a range scan of the tenant's part of jobs_list.
+SELECT count(*) FROM jobs WHERE tenant = %(tenant)s AND list_key < '1';
+
+-- name: submit_job.insert_job
+-- Differs by necessity from SQLite: two API nodes may insert the same idempotency key at
+-- once. ON CONFLICT waits for the other insert to commit and then returns no row, so the
+-- caller looks up the winner's job instead of failing on the unique index.
+INSERT INTO jobs (id, tenant, job_type, action, status, total, pending, max_failures,
+                  idempotency_key, request_hash, created_at, list_key)
+VALUES (%(id)s, %(tenant)s, %(job_type)s, %(action)s, 'queued', %(total)s, %(total)s,
+        %(max_failures)s, %(idempotency_key)s, %(request_hash)s, %(created_at)s, %(list_key)s)
+ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: submit_job.copy_items
+-- Differs from SQLite's one INSERT per item: over a network COPY streams all items of a job
+-- (up to max_items) in one operation instead of a round trip each.
+COPY items (job_id, idx, payload) FROM STDIN (FORMAT BINARY);
+
+-- name: work.notify
+-- Differs by necessity from SQLite, which has no notifications: wakes idle workers.
+-- Delivered when the transaction commits, so a woken worker finds the items.
+SELECT pg_notify('joblot_work', '');
+
+-- name: work.listen
+-- Run once on the dedicated listening connection of each store (see pgnotify.py).
+LISTEN joblot_work;
+
+-- name: work.heartbeat
+-- Proves the listening connection is still alive between notifications.
+SELECT 1;
+
+-- name: get_job.select
+-- One primary-key lookup; expired jobs read as missing even before they are purged.
+-- Differs from SQLite (get_job.inline_results, a second query): each statement is a network
+-- round trip here, so the inline results, a bounded range scan for jobs with at most
+-- `inline` items, come back in the same one.
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       CASE WHEN total <= %(inline)s AND status <> 'queued' THEN ARRAY(
+           SELECT entry FROM results WHERE results.job_id = jobs.id ORDER BY idx) END
+FROM jobs
+WHERE id = %(id)s AND tenant = %(tenant)s AND (expires_at IS NULL OR expires_at > %(now)s);
+
+-- name: get_jobs.select
+-- Differs from SQLite (one get_job per id): all the asked jobs in one round trip, in the
+-- order asked (WITH ORDINALITY), with the same inline results as get_job.select.
+SELECT j.id, j.job_type, j.status, j.total, j.progress, j.message, j.version, j.list_key,
+       CASE WHEN j.total <= %(inline)s AND j.status <> 'queued' THEN ARRAY(
+           SELECT entry FROM results WHERE results.job_id = j.id ORDER BY idx) END
+FROM unnest(%(ids)s::text[]) WITH ORDINALITY AS asked (id, n)
+JOIN jobs j ON j.id = asked.id
+WHERE j.tenant = %(tenant)s AND (j.expires_at IS NULL OR j.expires_at > %(now)s)
+ORDER BY asked.n;
+
+-- name: list_jobs.after
+-- Small jobs carry their results inline, as in get_job.select.
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       CASE WHEN total <= %(inline)s AND status <> 'queued' THEN ARRAY(
+           SELECT entry FROM results WHERE results.job_id = jobs.id ORDER BY idx) END
+FROM jobs
+WHERE tenant = %(tenant)s AND list_key > %(key)s AND (expires_at IS NULL OR expires_at > %(now)s)
+ORDER BY list_key LIMIT %(limit)s;
+
+-- name: list_jobs.before
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       CASE WHEN total <= %(inline)s AND status <> 'queued' THEN ARRAY(
+           SELECT entry FROM results WHERE results.job_id = jobs.id ORDER BY idx) END
+FROM jobs
+WHERE tenant = %(tenant)s AND list_key < %(key)s AND (expires_at IS NULL OR expires_at > %(now)s)
+ORDER BY list_key DESC LIMIT %(limit)s;
+
+-- name: list_results.after
+SELECT idx, entry FROM results WHERE job_id = %(id)s AND idx > %(idx)s
+ORDER BY idx LIMIT %(limit)s;
+
+-- name: list_results.before
+SELECT idx, entry FROM results WHERE job_id = %(id)s AND idx < %(idx)s
+ORDER BY idx DESC LIMIT %(limit)s;
+
+-- name: job_version
+SELECT version FROM jobs
+WHERE id = %(id)s AND tenant = %(tenant)s AND (expires_at IS NULL OR expires_at > %(now)s);
+
+-- name: job_state.select
+-- The counters the lifecycle rules (joblot.models) read inside a write transaction.
+-- Differs by necessity from SQLite: the row is locked until commit, since writers on other
+-- nodes run at the same time. NO KEY UPDATE is the lock the UPDATE takes anyway; callers
+-- take it as late in their transaction as they can, to keep the job row free for others.
+SELECT status, total, progress, failures, pending, message, message_set, max_failures,
+       skipped, cancelled
+FROM jobs WHERE id = %(id)s
+FOR NO KEY UPDATE;
+
+-- name: job_state.select_for_tenant
+SELECT status, total, progress, failures, pending, message, message_set, max_failures,
+       skipped, cancelled
+FROM jobs
+WHERE id = %(id)s AND tenant = %(tenant)s AND (expires_at IS NULL OR expires_at > %(now)s)
+FOR NO KEY UPDATE;
+
+-- name: job_state.save
+-- Writes back what the rules decided; a job that just finished gets its finish time,
+-- its purge time and its place among finished jobs in the listing order.
+UPDATE jobs SET
+    status = %(status)s, progress = %(progress)s, failures = %(failures)s,
+    pending = %(pending)s, message = %(message)s, message_set = %(message_set)s,
+    version = version + %(bump)s, skipped = %(skipped)s, cancelled = %(cancelled)s,
+    claimed_at = coalesce(%(claimed_at)s::double precision, claimed_at),
+    finished_at = CASE WHEN %(finished)s THEN %(now)s ELSE finished_at END,
+    expires_at = CASE WHEN %(finished)s THEN %(now)s + %(retention)s ELSE expires_at END,
+    list_key = CASE WHEN %(finished)s THEN %(finished_prefix)s || substr(list_key, 2)
+               ELSE list_key END
+WHERE id = %(id)s;
+
+-- name: claim_items.any_runnable
+-- The cheap read first: an idle worker polling an idle database opens no transaction and
+-- locks nothing (a locking read dirties the row even in autocommit).
+SELECT EXISTS (
+    SELECT 1 FROM jobs
+    WHERE pending > 0 AND status IN ('queued', 'working') AND job_type = ANY(%(job_types)s::text[])
+);
+
+-- name: claim_items.pick_job
+-- Round-robin: the runnable job served least recently (new jobs have claimed_at 0).
+-- Differs by necessity from SQLite: many workers claim at once, so each locks the job it
+-- picks and skips jobs another claim or finish holds at this moment. It also returns the
+-- job's counters, which saves the job_state.select round trip.
+SELECT id, job_type, status, total, progress, failures, pending, message, message_set,
+       max_failures, skipped, cancelled
+FROM jobs
+WHERE pending > 0 AND status IN ('queued', 'working') AND job_type = ANY(%(job_types)s::text[])
+ORDER BY claimed_at LIMIT 1
+FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: claim_items.pick_job_waiting
+-- When every runnable job is locked (typically one big job whose row a finish holds for a
+-- moment), wait for it rather than tell the worker there is no work: finishes hold the row
+-- only for their last few statements. Nothing else is held yet, so this wait cannot deadlock.
+SELECT id, job_type, status, total, progress, failures, pending, message, message_set,
+       max_failures, skipped, cancelled
+FROM jobs
+WHERE pending > 0 AND status IN ('queued', 'working') AND job_type = ANY(%(job_types)s::text[])
+ORDER BY claimed_at LIMIT 1
+FOR NO KEY UPDATE;
+
+-- name: claim_items.insert_lease
+INSERT INTO leases (job_id, worker_id, expires_at)
+VALUES (%(job_id)s, %(worker_id)s, %(expires_at)s)
+RETURNING id;
+
+-- name: claim_items.lease_items
+-- Differs by necessity from SQLite: pending items are taken with SKIP LOCKED in index order,
+-- so a claim never waits on rows another transaction holds.
+WITH picked AS (
+    SELECT idx FROM items
+    WHERE job_id = %(job_id)s AND state = 'pending'
+    ORDER BY idx LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE items SET state = 'leased', lease_id = %(lease_id)s, attempts = items.attempts + 1
+FROM picked
+WHERE items.job_id = %(job_id)s AND items.idx = picked.idx
+RETURNING items.idx, items.payload, items.attempts;
+
+-- name: finish_items.lease
+SELECT job_id, expires_at FROM leases WHERE id = %(lease_id)s;
+
+-- name: finish_items.lease_held
+-- Differs by necessity from SQLite: checked again once the job row is locked. Leases are only
+-- deleted by transactions holding the job row, so from here on the answer cannot change; a
+-- requeue or release of this lease that committed while this finish waited is seen here.
+SELECT 1 FROM leases WHERE id = %(lease_id)s AND expires_at >= %(now)s;
+
+-- name: finish_items.take_items
+-- The fencing check, for the whole batch in one statement: only items still leased under
+-- this token are taken; the caller refuses the batch on any shortfall. Rows are locked in
+-- index order, as requeue_expired.items does, so the two never deadlock.
+WITH taken AS (
+    SELECT idx FROM items
+    WHERE job_id = %(job_id)s AND idx = ANY(%(idx)s::bigint[])
+      AND lease_id = %(lease_id)s AND state = 'leased'
+    ORDER BY idx
+    FOR UPDATE
+)
+DELETE FROM items USING taken
+WHERE items.job_id = %(job_id)s AND items.idx = taken.idx;
+
+-- name: finish_items.insert_results
+-- Differs from SQLite's one INSERT per result: the batch as arrays, one round trip.
+INSERT INTO results (job_id, idx, success, entry)
+SELECT %(job_id)s, r.idx, r.success, r.entry
+FROM unnest(%(idx)s::bigint[], %(success)s::boolean[], %(entry)s::bytea[]) AS r (idx, success, entry);
+
+-- name: leases.release
+DELETE FROM leases WHERE id = %(lease_id)s;
+
+-- name: leases.release_if_done
+-- A lease is released only once none of its items is left: a leftover item must stay
+-- covered, so that when the lease lapses the item goes back to the queue.
+DELETE FROM leases WHERE id = %(lease_id)s AND NOT EXISTS (
+    SELECT 1 FROM items WHERE lease_id = %(lease_id)s AND state = 'leased'
+);
+
+-- name: renew_leases
+-- Differs by necessity from SQLite: several leases are locked in one statement, so in id
+-- order, the one order every multi-lease lock follows.
+WITH live AS (
+    SELECT id FROM leases
+    WHERE id = ANY(%(lease_ids)s::bigint[]) AND expires_at >= %(now)s
+    ORDER BY id
+    FOR NO KEY UPDATE
+)
+UPDATE leases SET expires_at = %(until)s
+FROM live WHERE leases.id = live.id
+RETURNING leases.id;
+
+-- name: requeue_expired.leases
+-- Read without locks; each lease is then handled in a short transaction of its own.
+SELECT id, job_id FROM leases WHERE expires_at < %(now)s ORDER BY expires_at LIMIT 100;
+
+-- name: requeue_expired.try_lock
+-- Differs by necessity from SQLite: every worker of every node requeues lapsed leases, so
+-- each lease is handled by whichever gets here first and skipped by the others, rather than
+-- all of them queueing on its items. An advisory lock that nothing ever waits for, so it
+-- cannot take part in a deadlock.
+SELECT pg_try_advisory_xact_lock(1785684590, (%(lease_id)s %% 2147483647)::integer);
+
+-- name: requeue_expired.items
+-- Differs by necessity from SQLite: locks the lease's items first, in index order, so that a
+-- finish racing this requeue either commits first (and its items are gone here) or finds
+-- its items requeued and is refused.
+SELECT idx, payload, attempts FROM items
+WHERE lease_id = %(lease_id)s AND state = 'leased'
+ORDER BY idx
+FOR UPDATE;
+
+-- name: requeue_expired.requeue
+UPDATE items SET state = 'pending', lease_id = NULL
+WHERE lease_id = %(lease_id)s AND state = 'leased' AND attempts < %(max_attempts)s;
+
+-- name: requeue_expired.lapsed
+-- Differs by necessity from SQLite: checked again once the job row is locked, and the lease
+-- locked, since its worker may have renewed, finished or released it meanwhile.
+SELECT 1 FROM leases WHERE id = %(lease_id)s AND expires_at < %(now)s
+FOR UPDATE;
+
+-- name: release_lease.held
+-- As requeue_expired.lapsed, for a lease handed back by its worker before it lapsed.
+SELECT 1 FROM leases WHERE id = %(lease_id)s
+FOR UPDATE;
+
+-- name: release_lease.refund
+-- Items handed back unstarted by a cleanly stopping worker do not use up an attempt.
+UPDATE items SET attempts = attempts - 1 WHERE lease_id = %(lease_id)s AND state = 'leased';
+
+-- name: requeue_expired.job_action
+SELECT action FROM jobs WHERE id = %(id)s;
+
+-- name: purge_expired.jobs
+SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= %(now)s LIMIT 100;
+
+-- name: purge_expired.items
+-- Bounded deletes keep each transaction short even for a job of a million items.
+DELETE FROM items WHERE job_id = %(id)s AND idx IN (
+    SELECT idx FROM items WHERE job_id = %(id)s LIMIT 5000
+);
+
+-- name: purge_expired.results
+DELETE FROM results WHERE job_id = %(id)s AND idx IN (
+    SELECT idx FROM results WHERE job_id = %(id)s LIMIT 5000
+);
+
+-- name: purge_expired.job
+DELETE FROM jobs WHERE id = %(id)s;
+
+-- name: tokens.create
+INSERT INTO tokens (id, tenant, digest, created_at) VALUES (%(id)s, %(tenant)s, %(digest)s, %(now)s);
+
+-- name: tokens.list
+SELECT id, tenant, created_at, revoked_at FROM tokens ORDER BY created_at, id;
+
+-- name: tokens.revoke
+UPDATE tokens SET revoked_at = %(now)s WHERE id = %(id)s AND revoked_at IS NULL;
+
+-- name: tokens.find
+SELECT id, tenant FROM tokens WHERE digest = %(digest)s AND revoked_at IS NULL;
+
+-- name: tokens.count_active
+SELECT count(*) FROM tokens WHERE revoked_at IS NULL;

@@ -1,0 +1,186 @@
+"""What only the PostgreSQL backend does: transactional submit, wake-ups, outages, contention."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from joblot.auth import DEFAULT_TENANT
+from joblot.demo import make_demo_app
+from joblot.errors import Unavailable, UnknownJobType
+from joblot.models import Status
+from joblot.store import FinishedItem, open_store
+from joblot.store.postgres import (
+    PostgresStore,
+    submit_job_in_transaction,
+    submit_job_in_transaction_sync,
+)
+
+from .conftest import fresh_schema
+
+pytestmark = pytest.mark.anyio
+
+APP = make_demo_app()
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """The URL of a fresh schema, migrated."""
+    with fresh_schema(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture
+async def pg_store(anyio_backend: str, pg_url: str) -> AsyncIterator[PostgresStore]:
+    """A migrated PostgresStore on a fresh schema."""
+    store = PostgresStore(pg_url)
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+async def test_open_store_picks_postgres_for_both_url_schemes() -> None:
+    for url in ("postgresql://u@h/db", "postgres://u@h/db"):
+        store = open_store(url)
+        assert isinstance(store, PostgresStore)
+        await store.close()
+
+
+async def test_job_submitted_in_a_committed_transaction_exists(
+    pg_store: PostgresStore, pg_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        row = await submit_job_in_transaction(conn, APP, "demo.echo", [{"id": 1}, {"id": 2}])
+        assert (
+            await pg_store.get_job(DEFAULT_TENANT, row.id, time.time(), 10) is None
+        )  # not yet committed
+        await conn.commit()
+    stored = await pg_store.get_job(DEFAULT_TENANT, row.id, time.time(), 10)
+    assert stored is not None
+    assert (stored.status, stored.total) == (Status.QUEUED, 2)
+    claimed = await pg_store.claim_items("w", ["demo.echo"], 10, time.time(), 30.0)
+    assert claimed is not None
+    assert [orjson.loads(i.payload) for i in claimed.items] == [{"id": 1}, {"id": 2}]
+
+
+class _CallerFailed(Exception):
+    """The caller's own work failed after it submitted a job in its transaction."""
+
+
+async def test_job_submitted_in_a_rolled_back_transaction_never_exists(
+    pg_store: PostgresStore, pg_url: str
+) -> None:
+    async def submit_then_fail(conn: psycopg.AsyncConnection[Any]) -> None:
+        async with conn.transaction():
+            row = await submit_job_in_transaction(conn, APP, "demo.echo", [{"id": 1}])
+            raise _CallerFailed(row.id)
+
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        with pytest.raises(_CallerFailed) as failed:
+            await submit_then_fail(conn)
+    assert await pg_store.get_job(DEFAULT_TENANT, failed.value.args[0], time.time(), 10) is None
+    assert await pg_store.claim_items("w", ["demo.echo"], 10, time.time(), 30.0) is None
+
+
+async def test_blocking_connections_submit_in_their_transaction_too(
+    pg_store: PostgresStore, pg_url: str
+) -> None:
+    with psycopg.connect(pg_url) as conn:
+        kept = submit_job_in_transaction_sync(conn, APP, "demo.echo", [{"id": 1}], tenant="acme")
+        conn.commit()
+        dropped = submit_job_in_transaction_sync(conn, APP, "demo.echo", [{"id": 2}])
+        conn.rollback()
+    assert await pg_store.get_job("acme", kept.id, time.time(), 10) is not None
+    assert await pg_store.get_job(DEFAULT_TENANT, dropped.id, time.time(), 10) is None
+
+
+async def test_transactional_submit_validates_and_needs_a_transaction(
+    pg_store: PostgresStore, pg_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.ProgrammingError, match="transaction"):
+            await submit_job_in_transaction(conn, APP, "demo.echo", [{"id": 1}])
+        async with conn.transaction():
+            with pytest.raises(UnknownJobType):
+                await submit_job_in_transaction(conn, APP, "no.such.type", [{"id": 1}])
+    assert await pg_store.claim_items("w", ["demo.echo"], 10, time.time(), 30.0) is None
+
+
+async def test_requeued_items_wake_waiting_workers(pg_store: PostgresStore, pg_url: str) -> None:
+    other = PostgresStore(pg_url)
+    try:
+        now = time.time()
+        async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+            await submit_job_in_transaction(conn, APP, "demo.echo", [{"id": 1}])
+            await conn.commit()
+        assert await other.claim_items("w", ["demo.echo"], 10, now, 1.0) is not None
+        assert await pg_store.listening(5.0)
+        waiting = asyncio.create_task(pg_store.wait_for_work(30.0))
+        await asyncio.sleep(0.05)
+        assert await other.requeue_expired(now + 2, 3, 60.0) == 1
+        await asyncio.wait_for(waiting, 5.0)
+    finally:
+        await other.close()
+
+
+async def test_an_unreachable_database_answers_unavailable() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test", timeout=0.5)
+    try:
+        with pytest.raises(Unavailable, match="retry"):
+            await store.get_job("", "x", time.time(), 10)
+        with pytest.raises(Unavailable):
+            await store.claim_items("w", ["demo.echo"], 10, time.time(), 30.0)
+        started = time.monotonic()
+        await store.wait_for_work(0.1)  # no listener: degrades to a plain timeout
+        assert time.monotonic() - started < 5.0
+    finally:
+        await store.close()
+
+
+RACE_LEASE = 0.2  # seconds: short, so that some finishes race the requeue of their lease
+
+
+async def _work_until_done(store: PostgresStore, job_id: str, name: str) -> int:
+    """Claim and finish items with short leases, racing the requeues of other nodes."""
+    recorded = 0
+    while True:
+        await store.requeue_expired(time.time(), 1000, 60.0)
+        claim = await store.claim_items(name, ["demo.echo"], 5, time.time(), RACE_LEASE)
+        if claim is None:
+            row = await store.get_job(DEFAULT_TENANT, job_id, time.time(), 0)
+            if row is not None and row.status.finished:
+                return recorded
+            await store.wait_for_work(0.02)
+            continue
+        await asyncio.sleep(random.uniform(0, RACE_LEASE * 1.25))  # one in five is too late
+        items = [FinishedItem(i.index, True, orjson.dumps({"index": i.index})) for i in claim.items]
+        outcome = await store.finish_items(claim.lease_id, items, None, True, time.time(), 60.0)
+        recorded += len(items) if outcome.accepted else 0
+
+
+@pytest.mark.slow
+async def test_racing_workers_and_requeues_record_each_item_exactly_once(
+    pg_store: PostgresStore, pg_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        row = await submit_job_in_transaction(conn, APP, "demo.echo", [{}] * 300)
+        await conn.commit()
+    nodes = [PostgresStore(pg_url) for _ in range(3)]
+    try:
+        workers = [_work_until_done(nodes[n % 3], row.id, f"w{n}") for n in range(8)]
+        recorded = await asyncio.wait_for(asyncio.gather(*workers), 60.0)
+    finally:
+        for node in nodes:
+            await node.close()
+    final = await pg_store.get_job(DEFAULT_TENANT, row.id, time.time(), 1000)
+    assert final is not None and final.results is not None
+    assert (final.status, final.progress) == (Status.COMPLETED, 300)
+    assert sum(recorded) == 300  # every accepted batch counted, no refused one
+    assert [orjson.loads(e)["index"] for e in final.results] == list(range(300))
