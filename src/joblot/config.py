@@ -39,8 +39,15 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        positive = ("port", "concurrency", "lease_seconds", "batch_size", "max_attempts",
-                    "max_active_jobs", "rate_limit_per_minute")
+        positive = (
+            "port",
+            "concurrency",
+            "lease_seconds",
+            "batch_size",
+            "max_attempts",
+            "max_active_jobs",
+            "rate_limit_per_minute",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)}")

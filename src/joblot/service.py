@@ -105,6 +105,33 @@ def request_hash(job_type: str, items: list[dict[str, Any]]) -> str:
     return digest.hexdigest()
 
 
+def build_job(
+    app: App,
+    tenant: str,
+    doc: Any,
+    max_items: int,
+    now: float,
+    *,
+    idempotency_key: str | None = None,
+    max_active_jobs: int | None = None,
+) -> NewJob:
+    """The job a `{"job": {...}}` submission describes, validated and encoded, ready to store."""
+    job_type, items = parse_submission(doc, app, max_items)
+    digest = request_hash(job_type.name, items) if idempotency_key is not None else None
+    return NewJob(
+        id=new_job_id(now),
+        tenant=tenant,
+        job_type=job_type.name,
+        action=job_type.action,
+        max_failures=job_type.max_failures,
+        payloads=encode_items(items),
+        created_at=now,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        max_active_jobs=max_active_jobs,
+    )
+
+
 OFFLOAD_ITEMS = 2000  # submissions larger than this are validated and encoded in a thread
 
 
@@ -142,20 +169,13 @@ class Service:
 
     def new_job(self, tenant: str, doc: Any, idempotency_key: str | None) -> NewJob:
         """The job a submission describes, validated and encoded, ready to store."""
-        job_type, items = parse_submission(doc, self.app, self.settings.max_items)
-        payloads = encode_items(items)
-        now = self.clock()
-        digest = request_hash(job_type.name, items) if idempotency_key is not None else None
-        return NewJob(
-            id=new_job_id(now),
-            tenant=tenant,
-            job_type=job_type.name,
-            action=job_type.action,
-            max_failures=job_type.max_failures,
-            payloads=payloads,
-            created_at=now,
+        return build_job(
+            self.app,
+            tenant,
+            doc,
+            self.settings.max_items,
+            self.clock(),
             idempotency_key=idempotency_key,
-            request_hash=digest,
             max_active_jobs=self.settings.max_active_jobs,
         )
 

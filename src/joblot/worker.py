@@ -361,4 +361,6 @@ class Worker:
                 await action()
             except JoblotError as exc:
                 log.warning("%s failed: %s", action.__name__, exc.description)
+            except Exception:  # a helper that dies silently would stop requeues for good
+                log.exception("%s failed unexpectedly", action.__name__)
             await asyncio.sleep(seconds)
