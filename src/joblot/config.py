@@ -36,6 +36,7 @@ class Settings:
     max_active_jobs: int = 30  # queued or working jobs a tenant may have (Zendesk's limit)
     rate_limit_per_minute: int = 700  # requests a token may make, per API process
     insecure: bool = False  # allow serving without tokens on a non-loopback address
+    pool_size: int = 10  # PostgreSQL connections per process, at most
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -47,6 +48,7 @@ class Settings:
             "max_attempts",
             "max_active_jobs",
             "rate_limit_per_minute",
+            "pool_size",
         )
         for name in positive:
             if getattr(self, name) <= 0:

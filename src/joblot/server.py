@@ -39,7 +39,7 @@ def configure_logging(level: str) -> None:
 
 async def prepare_store(settings: Settings, migrate_if_empty: bool) -> Store:
     """Open the store and check its schema; an empty database is migrated when allowed."""
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, settings.pool_size)
     try:
         applied, latest = await store.schema_version()
         if applied == 0 and migrate_if_empty:
@@ -109,7 +109,7 @@ async def check_exposure(store: Store, settings: Settings) -> None:
 
 async def migrate(settings: Settings) -> list[int]:
     """Bring the database schema up to date; return the migrations applied."""
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, settings.pool_size)
     try:
         return await store.migrate()
     finally:

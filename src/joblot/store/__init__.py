@@ -189,8 +189,8 @@ class Store(Protocol):
         """Release connections and threads."""
 
 
-def open_store(database_url: str) -> Store:
-    """The backend for `database_url`."""
+def open_store(database_url: str, pool_size: int = 10) -> Store:
+    """The backend for `database_url`; `pool_size` bounds a PostgreSQL store's connections."""
     if database_url.startswith("sqlite:///"):
         from joblot.store.sqlite import SQLiteStore
 
@@ -198,7 +198,7 @@ def open_store(database_url: str) -> Store:
     if database_url.startswith(("postgresql://", "postgres://")):
         from joblot.store.postgres import PostgresStore  # psycopg is imported only when used
 
-        return PostgresStore(database_url)
+        return PostgresStore(database_url, max_size=pool_size)
     from joblot.errors import ConfigError
 
     raise ConfigError(
