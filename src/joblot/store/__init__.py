@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from joblot.models import Status
 
@@ -222,3 +222,26 @@ def unfinished_list_key(created_at: float, job_id: str) -> str:
 def finished_prefix(finished_at: float) -> str:
     """Prefix that replaces the leading `0` of a key once a job finishes at `finished_at`."""
     return f"1{_inverted_micros(finished_at)}"
+
+
+def job_params(job: NewJob) -> dict[str, Any]:
+    """The parameters of `submit_job.insert_job` for `job`."""
+    return {
+        "id": job.id,
+        "tenant": job.tenant,
+        "job_type": job.job_type,
+        "action": job.action,
+        "total": len(job.payloads),
+        "max_failures": job.max_failures,
+        "idempotency_key": job.idempotency_key,
+        "request_hash": job.request_hash,
+        "created_at": job.created_at,
+        "list_key": unfinished_list_key(job.created_at, job.id),
+    }
+
+
+def queued_row(job: NewJob) -> JobRow:
+    """The row of `job` as it was just inserted."""
+    total = len(job.payloads)
+    list_key = unfinished_list_key(job.created_at, job.id)
+    return JobRow(job.id, job.job_type, Status.QUEUED, total, 0, None, 1, None, list_key)

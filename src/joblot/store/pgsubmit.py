@@ -14,8 +14,7 @@ from joblot import service
 from joblot.app import App
 from joblot.auth import DEFAULT_TENANT
 from joblot.config import Settings
-from joblot.models import Status
-from joblot.store import JobRow, NewJob, unfinished_list_key
+from joblot.store import JobRow, NewJob, job_params, queued_row
 from joblot.store.sql import load_queries
 
 _ITEM_TYPES = ["text", "int8", "bytea"]  # the columns of submit_job.copy_items, for binary COPY
@@ -25,29 +24,6 @@ _ITEM_TYPES = ["text", "int8", "bytea"]  # the columns of submit_job.copy_items,
 def queries() -> dict[str, str]:
     """The named SQL blocks of the PostgreSQL backend, read once."""
     return load_queries("postgres")
-
-
-def job_params(job: NewJob) -> dict[str, Any]:
-    """The parameters of `submit_job.insert_job` for `job`."""
-    return {
-        "id": job.id,
-        "tenant": job.tenant,
-        "job_type": job.job_type,
-        "action": job.action,
-        "total": len(job.payloads),
-        "max_failures": job.max_failures,
-        "idempotency_key": job.idempotency_key,
-        "request_hash": job.request_hash,
-        "created_at": job.created_at,
-        "list_key": unfinished_list_key(job.created_at, job.id),
-    }
-
-
-def queued_row(job: NewJob) -> JobRow:
-    """The row of `job` as it was just inserted."""
-    total = len(job.payloads)
-    list_key = unfinished_list_key(job.created_at, job.id)
-    return JobRow(job.id, job.job_type, Status.QUEUED, total, 0, None, 1, None, list_key)
 
 
 def _item_rows(job: NewJob) -> Iterator[tuple[str, int, bytes]]:

@@ -14,13 +14,21 @@ from psycopg_pool import AsyncConnectionPool
 
 from joblot.errors import ConfigError, IdempotencyKeyReused, TooManyJobs, Unavailable
 from joblot.models import Status
-from joblot.store import Claim, Finish, FinishedItem, JobRow, NewJob, Page, TokenRow
+from joblot.store import (
+    Claim,
+    Finish,
+    FinishedItem,
+    JobRow,
+    NewJob,
+    Page,
+    TokenRow,
+    queued_row,
+)
 from joblot.store import pgwork as work
 from joblot.store.pgnotify import WorkListener
 from joblot.store.pgsubmit import (
     insert_job,
     queries,
-    queued_row,
     submit_job_in_transaction,
     submit_job_in_transaction_sync,
 )

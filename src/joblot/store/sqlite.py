@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 from joblot.errors import IdempotencyKeyReused, JobFinished, TooManyJobs
-from joblot.models import Status, after_stop
-from joblot.store import JobRow, NewJob, Page, TokenRow, unfinished_list_key
+from joblot.models import after_stop
+from joblot.store import JobRow, NewJob, Page, TokenRow, job_params, queued_row
 from joblot.store.sqlite_base import job_row, job_state
 from joblot.store.sqlite_work import SQLiteWork
 
@@ -51,30 +51,12 @@ class SQLiteStore(SQLiteWork):
                     return existing, False
             if job.max_active_jobs is not None:
                 self._check_quota(conn, job.tenant, job.max_active_jobs)
-            list_key = unfinished_list_key(job.created_at, job.id)
-            conn.execute(
-                self._q["submit_job.insert_job"],
-                {
-                    "id": job.id,
-                    "tenant": job.tenant,
-                    "job_type": job.job_type,
-                    "action": job.action,
-                    "total": len(job.payloads),
-                    "max_failures": job.max_failures,
-                    "idempotency_key": job.idempotency_key,
-                    "request_hash": job.request_hash,
-                    "created_at": job.created_at,
-                    "list_key": list_key,
-                },
-            )
+            conn.execute(self._q["submit_job.insert_job"], job_params(job))
             conn.executemany(
                 self._q["submit_job.insert_item"],
                 ((job.id, i, p) for i, p in enumerate(job.payloads)),
             )
-        row = JobRow(
-            job.id, job.job_type, Status.QUEUED, len(job.payloads), 0, None, 1, None, list_key
-        )
-        return row, True
+        return queued_row(job), True
 
     def _check_quota(self, conn: sqlite3.Connection, tenant: str, limit: int) -> None:
         (active,) = conn.execute(self._q["submit_job.count_active"], {"tenant": tenant}).fetchone()
