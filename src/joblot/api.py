@@ -18,7 +18,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from joblot.auth import Authenticator
@@ -33,6 +33,7 @@ from joblot.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from joblot.events import status_events
 from joblot.models import Status
 from joblot.openapi import openapi_document
 from joblot.service import Service
@@ -293,6 +294,24 @@ class Routes:
                 return
             await asyncio.sleep(LONG_POLL_INTERVAL)
 
+    async def job_events(self, request: Request) -> Response:
+        """GET /api/v2/job_statuses/{id}/events: status changes as Server-Sent Events."""
+        tenant = await self.tenant(request)
+        job_id = job_id_param(request)
+        await self.service.job_version(tenant, job_id)  # a 404 before the stream starts
+        raw = request.headers.get("last-event-id", "")
+        last_seen = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 18 else None
+        base = base_url(request, self.service)
+
+        def render(row: JobRow) -> dict[str, Any]:
+            return render_status(row, base)
+
+        stream = status_events(
+            self.service, tenant, job_id, last_seen, render, request.is_disconnected
+        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
     async def list_jobs(self, request: Request) -> Response:
         """GET /api/v2/job_statuses: cursor-paginated, unfinished jobs first."""
         after, before, size = page_params(request)
@@ -390,6 +409,7 @@ def _routes(r: Routes) -> list[Route]:
         *both(f"{API}/job_statuses/show_many", r.show_many, ["GET"]),
         *both(f"{API}/job_statuses/{{id}}/results", r.list_results, ["GET"]),
         *both(f"{API}/job_statuses/{{id}}/cancel", r.cancel_job, ["POST"]),
+        Route(f"{API}/job_statuses/{{id}}/events", r.job_events, methods=["GET"]),
         Route(f"{API}/job_statuses/{{id}}", r.show_job, methods=["GET"]),
         Route("/openapi.json", r.openapi, methods=["GET"]),
         Route("/healthz", r.health, methods=["GET"]),

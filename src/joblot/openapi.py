@@ -219,6 +219,25 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/api/v2/job_statuses/{id}/events": {
+            "get": {
+                "operationId": "job_events",
+                "summary": "The job's status changes as Server-Sent Events, until it finishes",
+                "description": "Each `job_status` event carries `{\"job_status\": {...}}` and has "
+                "the status version as its id; send `Last-Event-ID` to resume.",
+                "parameters": [
+                    _ID,
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(404, 503),
+                },
+            }
+        },
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -212,3 +213,20 @@ def test_ctrl_c_to_the_process_group_stops_serve_and_workers(start_server: Any) 
     time.sleep(1.5)  # longer than the pool's watch interval: nothing may be respawned
     assert _wait_gone(workers, 5) == []
     assert _children(server.proc.pid) == []
+
+
+def test_status_changes_stream_as_server_sent_events(start_server: Any) -> None:
+    server = start_server(workers=1)
+    job = server.submit("demo.sleep", [{"id": i, "seconds": 0.1} for i in range(20)])
+    seen: list[dict[str, Any]] = []
+    first_at = None
+    with server.http.stream("GET", f"/api/v2/job_statuses/{job['id']}/events") as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[len("data: ") :])["job_status"])
+                first_at = first_at or time.monotonic()
+    ended_at = time.monotonic()
+    assert seen[0]["status"] in ("queued", "working") and seen[-1]["status"] == "completed"
+    assert ended_at - first_at > 0.2, "events arrive as the job runs, not all at the end"
+    assert [s["progress"] or 0 for s in seen] == sorted(s["progress"] or 0 for s in seen)

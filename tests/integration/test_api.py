@@ -214,6 +214,7 @@ async def test_openapi_describes_every_endpoint(tmp_path: Path) -> None:
             "/api/v2/job_statuses/{id}",
             "/api/v2/job_statuses/{id}/results",
             "/api/v2/job_statuses/{id}/cancel",
+            "/api/v2/job_statuses/{id}/events",
         }
         assert doc["components"]["schemas"]["JobStatus"]["required"] == KEYS
 
