@@ -102,8 +102,15 @@ class Batch:
         except IndexError:
             return None
 
-    def record(self, result: FinishedItem, ctx: Context) -> None:
-        """Keep a result (and the message its handler reported) until the next flush."""
+    def begin(self, item: ClaimedItem) -> tuple[dict[str, Any], dict[str, Any], Context]:
+        """What a handler gets for `item`, and the item's `id`, taken before it runs."""
+        payload = _decode(item.payload)
+        ctx = Context(self.claim.job_id, self.job_type.name, item.index, item.attempt)
+        return payload, _ident(payload), ctx
+
+    def record(self, item: ClaimedItem, ident: dict[str, Any], returned: Any, ctx: Context) -> None:
+        """Keep an item's result (and the message its handler reported) until the next flush."""
+        result = to_result(self.job_type, item.index, ident, returned)
         with self.lock:
             self.done.append(result)
             if ctx.reported is not None:
@@ -237,37 +244,27 @@ class Worker:
         """Runs in a handler thread: start items until the batch is drained or stopped."""
         handler = batch.job_type.handler
         while (item := batch.next_item()) is not None:
-            ctx = self._context(batch, item)
-            payload = _decode(item.payload)
-            ident = _ident(payload)
+            payload, ident, ctx = batch.begin(item)
             try:
                 returned = handler(payload, ctx)
             except JobAborted as exc:
-                self._abort(batch, exc)
-                return
+                return self._abort(batch, exc)
             except Exception as exc:
                 returned = exc
-            batch.record(to_result(batch.job_type, item.index, ident, returned), ctx)
+            batch.record(item, ident, returned, ctx)
 
     async def _run_async(self, batch: Batch) -> None:
         handler: Callable[..., Awaitable[Any]] = batch.job_type.handler
         while (item := batch.next_item()) is not None:
-            ctx = self._context(batch, item)
-            payload = _decode(item.payload)
-            ident = _ident(payload)
+            payload, ident, ctx = batch.begin(item)
             async with self._item_slots:
                 try:
                     returned = await handler(payload, ctx)
                 except JobAborted as exc:
-                    self._abort(batch, exc)
-                    return
+                    return self._abort(batch, exc)
                 except Exception as exc:
                     returned = exc
-            batch.record(to_result(batch.job_type, item.index, ident, returned), ctx)
-
-    @staticmethod
-    def _context(batch: Batch, item: ClaimedItem) -> Context:
-        return Context(batch.claim.job_id, batch.job_type.name, item.index, item.attempt)
+            batch.record(item, ident, returned, ctx)
 
     def _abort(self, batch: Batch, exc: JobAborted) -> None:
         batch.aborted = exc.message
