@@ -1,8 +1,9 @@
 """Bulk throughput and status-read cost of a real `joblot serve`, printed as markdown tables.
 
-Run `python bench/bulk.py [--items 20000] [--workers 2] [--db sqlite|URL] [--big 1000000]
-[--repeat 3]`. It starts its own servers (in their own process groups), stops them with
-SIGTERM then SIGKILL, and deletes its temporary folder, whatever happens.
+Run `python bench/bulk.py [--items 20000] [--workers 2] [--db sqlite|postgres|URL]
+[--big 1000000] [--repeat 3]`. It starts its own servers (in their own process groups), stops
+them with SIGTERM then SIGKILL, and deletes its temporary folder and the PostgreSQL schemas it
+made, whatever happens.
 """
 
 from __future__ import annotations
@@ -15,14 +16,23 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import psycopg
 
-from harness import BenchError, machine, running_server
+from harness import (
+    BenchError,
+    machine,
+    postgres_description,
+    postgres_schema,
+    postgres_url,
+    running_server,
+)
 
 API = "/api/v2"
 TIGHT_POLL_SECONDS = 0.005
@@ -136,14 +146,15 @@ class Run:
 
 
 def server_side_seconds(db_url: str, job_id: str) -> float | None:
-    """created_at → finished_at from the SQLite file (None for other databases)."""
-    if not db_url.startswith("sqlite:///"):
-        return None
-    path = db_url.removeprefix("sqlite:///")
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        row = conn.execute(
-            "SELECT finished_at - created_at FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
+    """created_at → finished_at as the server recorded them, read from the database."""
+    query = "SELECT finished_at - created_at FROM jobs WHERE id = {}"
+    if db_url.startswith("sqlite:///"):
+        path = db_url.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            row = conn.execute(query.format("?"), (job_id,)).fetchone()
+    else:  # the URL's search_path, if any, selects the schema
+        with psycopg.connect(db_url, autocommit=True, connect_timeout=10) as pg:
+            row = pg.execute(query.format("%s"), (job_id,)).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 
@@ -307,7 +318,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=20_000, help="items in each bulk job")
     p.add_argument("--workers", type=int, default=2, help="worker processes of the server")
-    p.add_argument("--db", default="sqlite", help="'sqlite' (a temp file) or a database URL")
+    p.add_argument(
+        "--db",
+        default="sqlite",
+        help="'sqlite' (a temp file), 'postgres' (a fresh schema in env "
+        "JOBLOT_BENCH_POSTGRES_URL or the local test database) or a database URL",
+    )
     p.add_argument("--big", type=int, default=1_000_000, help="items in the big status job")
     p.add_argument(
         "--big-budget",
@@ -327,9 +343,16 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def db_url_for(arg: str, tmp: Path, name: str) -> str:
-    """A fresh SQLite file in the temp folder for 'sqlite', else the URL given."""
-    return f"sqlite:///{tmp / name}" if arg == "sqlite" else arg
+@contextlib.contextmanager
+def database(arg: str, tmp: Path, name: str) -> Iterator[str]:
+    """A fresh SQLite file for 'sqlite', a fresh schema for 'postgres', else the URL given."""
+    if arg == "sqlite":
+        yield f"sqlite:///{tmp / name}"
+    elif arg == "postgres":
+        with postgres_schema(postgres_url(), f"joblot-bench-{name}") as schema:
+            yield schema.url
+    else:
+        yield arg
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:
@@ -350,16 +373,20 @@ def measure(args: argparse.Namespace, tmp: Path) -> Report:
     """Both measurements, each on a fresh server and database."""
     env = {"JOBLOT_MAX_ITEMS": str(max(args.big, args.items)), "JOBLOT_MAX_BODY_BYTES": "100000000"}
     print("bulk workload...", file=sys.stderr)
-    db = db_url_for(args.db, tmp, "bulk.db")
-    with running_server(db, args.workers, tmp / "bulk.log", env) as (server, client):
+    with (
+        database(args.db, tmp, "bulk.db") as db,
+        running_server(db, args.workers, tmp / "bulk.log", env) as (server, client),
+    ):
         report = Report(bench_bulk(client, args, db), [])
         report.memory.append(("bulk", *server.peak_rss_mib()))
     if args.skip_status:
         return report
     big = affordable_big(args.big, max(r.rate for r in report.runs), args.big_budget)
     print("status reads...", file=sys.stderr)
-    db = db_url_for(args.db, tmp, "status.db")
-    with running_server(db, args.workers, tmp / "status.log", env) as (server, client):
+    with (
+        database(args.db, tmp, "status.db") as db,
+        running_server(db, args.workers, tmp / "status.log", env) as (server, client),
+    ):
         report.reads, report.big_run = bench_status_reads(client, args, db, big)
         report.memory.append((f"status ({big:,}-item job)", *server.peak_rss_mib()))
     return report
@@ -377,12 +404,20 @@ def memory_table(memory: list[tuple[str, float, float]]) -> list[str]:
     return lines
 
 
-def render(report: Report, args: argparse.Namespace) -> str:
+def describe(args: argparse.Namespace) -> list[str]:
+    """The machine (taken before the run: it reports the load average at start)."""
+    lines = machine()
+    if args.db != "sqlite" and not args.db.startswith("sqlite:"):
+        lines.append(postgres_description(postgres_url() if args.db == "postgres" else args.db))
+    return lines
+
+
+def render(report: Report, args: argparse.Namespace, header: list[str]) -> str:
     """The whole report as markdown."""
     lines = [
         "## joblot bench/bulk.py",
         "",
-        *machine(),
+        *header,
         "",
         *bulk_table(report.runs, report.big_run, args.workers, args.poll),
     ]
@@ -398,14 +433,15 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
         try:
+            header = describe(args)
             report = measure(args, Path(name))
-        except BenchError as exc:
+        except (BenchError, psycopg.Error) as exc:
             print(f"bench failed: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
             return 130
-    print(render(report, args))
+    print(render(report, args, header))
     return 0
 
 

@@ -17,16 +17,22 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
+import psycopg
+from psycopg import sql
 
 import joblot
 
 READY_SECONDS = 30.0
 STOP_SECONDS = 40.0  # serve gives its workers lease_seconds + 10 to drain; half for serve
+COMMAND_SECONDS = 60.0  # `joblot migrate` and `joblot tokens create`
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 class BenchError(Exception):
@@ -209,6 +215,93 @@ def running_server(
         stop_group(server.proc)
 
 
+# -- databases ------------------------------------------------------------------------------
+
+
+def run_joblot(*args: str) -> str:
+    """Run a `joblot` command to completion; its stdout, or BenchError with its output."""
+    try:
+        done = subprocess.run(
+            [*joblot_command(), *args],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_SECONDS,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"joblot {args[0]} took more than {COMMAND_SECONDS:.0f} s") from exc
+    if done.returncode != 0:
+        raise BenchError(f"joblot {' '.join(args[:2])} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def create_token(db_url: str, tenant: str) -> str:
+    """Mint an API token with `joblot tokens create` (before the server starts)."""
+    return run_joblot("tokens", "create", "--tenant", tenant, "--db", db_url).strip()
+
+
+def postgres_url() -> str:
+    """The PostgreSQL database to use: env JOBLOT_BENCH_POSTGRES_URL, else the local test one."""
+    return os.environ.get("JOBLOT_BENCH_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+
+
+def with_query(url: str, **params: str) -> str:
+    """`url` with query parameters added (libpq reads `options`, `application_name`, ...)."""
+    parts = urlsplit(url)
+    extra = urlencode(params, quote_via=quote, safe="")
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A fresh PostgreSQL schema and the URL that puts every connection in it."""
+
+    name: str
+    url: str
+
+
+@contextlib.contextmanager
+def postgres_schema(base_url: str, application_name: str) -> Iterator[Schema]:
+    """A new, migrated schema; dropped on exit (stop the servers using it first).
+
+    The URL selects the schema with `options=-c search_path=...` and tags every connection
+    with `application_name`, so pg_stat_activity tells this benchmark's sessions apart.
+    """
+    name = f"joblot_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        url = with_query(
+            base_url, options=f"-c search_path={name}", application_name=application_name
+        )
+        run_joblot("migrate", "--db", url)
+        yield Schema(name, url)
+    finally:
+        with signals_held():
+            drop_schema(base_url, name)
+
+
+def drop_schema(base_url: str, name: str) -> None:
+    """DROP SCHEMA ... CASCADE, waiting at most 30 s for locks; a warning if that fails."""
+    try:
+        with psycopg.connect(base_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SET lock_timeout = '30s'")
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        print(f"warning: could not drop schema {name} ({exc}); drop it by hand", file=sys.stderr)
+
+
+def postgres_description(base_url: str) -> str:
+    """The PostgreSQL server's version and the settings that bound its commit rate."""
+    names = ("fsync", "synchronous_commit", "wal_sync_method", "shared_buffers")
+    with psycopg.connect(base_url, autocommit=True, connect_timeout=10) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+        settings = [f"{n} {row[0]}" for n in names if (row := conn.execute(f"SHOW {n}").fetchone())]
+    return f"- PostgreSQL: {version[0] if version else '?'} ({', '.join(settings)})"
+
+
 # -- the machine ----------------------------------------------------------------------------
 
 
@@ -232,7 +325,15 @@ def machine() -> list[str]:
         f"- Python: {platform.python_version()} ({platform.python_implementation()})",
         f"- SQLite: {sqlite3.sqlite_version}",
         f"- joblot: {joblot.__version__} ({source_revision()})",
+        f"- load average (1, 5, 15 min) at start: {load_average()}",
     ]
+
+
+def load_average() -> str:
+    """/proc/loadavg's first three numbers: other work on the machine skews every result."""
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "unknown"
 
 
 def source_revision() -> str:

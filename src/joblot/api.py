@@ -29,7 +29,6 @@ from joblot.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     RecordNotFound,
-    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -277,22 +276,25 @@ class Routes:
         job_id = job_id_param(request)
         given = request.headers.get("if-none-match")
         wait = prefer_wait(request)
-        if given is not None and wait:
-            await self._wait_for_change(tenant, job_id, given, wait)
-        row = await self.service.get_job(tenant, job_id)
-        tag = etag(row.id, row.version)
-        if given is not None and tag in _tags(given):
-            return Response(status_code=304, headers={"ETag": tag})
-        body = {"job_status": render_status(row, base_url(request, self.service))}
-        return JSONResponse(body, headers={"ETag": tag, "Cache-Control": "no-cache"})
-
-    async def _wait_for_change(self, tenant: str, job_id: str, given: str, wait: float) -> None:
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        if given is not None:  # unchanged costs one version lookup, not the whole status
             version = await self.service.job_version(tenant, job_id)
-            if etag(job_id, version) not in _tags(given):
-                return
+            if wait and etag(job_id, version) in _tags(given):
+                version = await self._wait_for_change(tenant, job_id, given, wait)
+            if etag(job_id, version) in _tags(given):
+                return Response(status_code=304, headers={"ETag": etag(job_id, version)})
+        row = await self.service.get_job(tenant, job_id)
+        body = {"job_status": render_status(row, base_url(request, self.service))}
+        headers = {"ETag": etag(row.id, row.version), "Cache-Control": "no-cache"}
+        return JSONResponse(body, headers=headers)
+
+    async def _wait_for_change(self, tenant: str, job_id: str, given: str, wait: float) -> int:
+        """Hold a long poll until the version differs from the ETags given or `wait` passes."""
+        deadline = time.monotonic() + wait
+        while True:
             await asyncio.sleep(LONG_POLL_INTERVAL)
+            version = await self.service.job_version(tenant, job_id)
+            if etag(job_id, version) not in _tags(given) or time.monotonic() >= deadline:
+                return version
 
     async def job_events(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/{id}/events: status changes as Server-Sent Events."""
@@ -423,7 +425,7 @@ async def _joblot_error(request: Request, exc: Exception) -> Response:
     headers = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="joblot", Basic realm="joblot"'
-    if isinstance(exc, TooManyRequests):
+    if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     return error_response(exc, headers)
 

@@ -8,6 +8,7 @@ class JoblotError(Exception):
 
     status_code = 500
     name = "InternalError"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, description: str) -> None:
         super().__init__(description)
@@ -93,7 +94,7 @@ class TooManyRequests(JoblotError):
 
     def __init__(self, description: str, retry_after: int = 1) -> None:
         super().__init__(description)
-        self.retry_after = retry_after
+        self.retry_after: int | None = retry_after
 
 
 class TooManyJobs(TooManyRequests):
@@ -128,6 +129,7 @@ class Unavailable(JoblotError):
 
     status_code = 503
     name = "ServiceUnavailable"
+    retry_after = 2
 
 
 class SchemaOutOfDate(JoblotError):

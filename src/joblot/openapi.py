@@ -223,7 +223,7 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "job_events",
                 "summary": "The job's status changes as Server-Sent Events, until it finishes",
-                "description": "Each `job_status` event carries `{\"job_status\": {...}}` and has "
+                "description": 'Each `job_status` event carries `{"job_status": {...}}` and has '
                 "the status version as its id; send `Last-Event-ID` to resume.",
                 "parameters": [
                     _ID,

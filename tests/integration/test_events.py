@@ -42,7 +42,9 @@ async def test_the_stream_sends_each_change_and_ends_with_the_finished_status(
         events = parse_events(response.text)
         statuses = [e["data"]["job_status"] for e in events]
         assert [e["event"] for e in events] == ["job_status"] * len(events)
-        assert statuses[0]["status"] == "queued" and statuses[-1]["status"] == "completed"
+        # the worker may claim before the stream's first read
+        assert statuses[0]["status"] in ("queued", "working")
+        assert statuses[-1]["status"] == "completed"
         assert len(statuses) >= 3, "progress in between is streamed too"
         versions = [int(e["id"]) for e in events]
         assert versions == sorted(set(versions))

@@ -38,6 +38,10 @@ from joblot.store.sql import load_migrations
 __all__ = ["PostgresStore", "submit_job_in_transaction", "submit_job_in_transaction_sync"]
 
 CONNECT_TIMEOUT = 10  # seconds; libpq would wait minutes for an unreachable host
+# The pool retries a failed connection with doubling pauses (1, 2, 4, 8 ... s, up to this
+# long); giving up soon makes the next request start afresh at once, so after an outage of
+# any length requests are served again within seconds of the database's return.
+RECONNECT_SECONDS = 3.0
 
 
 def _job_row(row: Row) -> JobRow:
@@ -87,6 +91,7 @@ class PostgresStore:
                     min_size=self._sizes[0],
                     max_size=self._sizes[1],
                     timeout=self._timeout,
+                    reconnect_timeout=RECONNECT_SECONDS,
                     open=False,
                     check=AsyncConnectionPool.check_connection,
                     name="joblot",

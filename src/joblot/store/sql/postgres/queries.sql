@@ -195,16 +195,17 @@ RETURNING id;
 
 -- name: claim_items.lease_items
 -- Differs by necessity from SQLite: pending items are taken with SKIP LOCKED in index order,
--- so a claim never waits on rows another transaction holds.
+-- so a claim never waits on rows another transaction holds. The locked rows are then
+-- addressed by ctid (stable while locked): a join back on (job_id, idx) lets the planner,
+-- which has no statistics for a new job's id, pick a nested loop over the whole job.
 WITH picked AS (
-    SELECT idx FROM items
+    SELECT ctid FROM items
     WHERE job_id = %(job_id)s AND state = 'pending'
     ORDER BY idx LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 UPDATE items SET state = 'leased', lease_id = %(lease_id)s, attempts = items.attempts + 1
-FROM picked
-WHERE items.job_id = %(job_id)s AND items.idx = picked.idx
+WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked))
 RETURNING items.idx, items.payload, items.attempts;
 
 -- name: finish_items.lease
@@ -220,15 +221,15 @@ SELECT 1 FROM leases WHERE id = %(lease_id)s AND expires_at >= %(now)s;
 -- The fencing check, for the whole batch in one statement: only items still leased under
 -- this token are taken; the caller refuses the batch on any shortfall. Rows are locked in
 -- index order, as requeue_expired.items does, so the two never deadlock.
+-- Locked rows are deleted by ctid, for the same reason as in claim_items.lease_items.
 WITH taken AS (
-    SELECT idx FROM items
+    SELECT ctid FROM items
     WHERE job_id = %(job_id)s AND idx = ANY(%(idx)s::bigint[])
       AND lease_id = %(lease_id)s AND state = 'leased'
     ORDER BY idx
     FOR UPDATE
 )
-DELETE FROM items USING taken
-WHERE items.job_id = %(job_id)s AND items.idx = taken.idx;
+DELETE FROM items WHERE ctid = ANY(ARRAY(SELECT ctid FROM taken));
 
 -- name: finish_items.insert_results
 -- Differs from SQLite's one INSERT per result: the batch as arrays, one round trip.
