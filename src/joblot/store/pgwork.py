@@ -132,14 +132,17 @@ async def stop(
 async def claim(
     conn: Conn, worker_id: str, job_types: list[str], limit: int, now: float, lease_seconds: float
 ) -> Claim | None:
-    """Lease up to `limit` items of the least recently served runnable job (in a transaction)."""
-    types = {"job_types": job_types}
-    picked = await fetch_one(conn, "claim_items.pick_job", types) or await fetch_one(
-        conn, "claim_items.pick_job_waiting", types
-    )
+    """Lease up to `limit` items of the least recently served runnable job (in a transaction).
+
+    The job is picked without a lock and its items are leased with SKIP LOCKED, so claims of
+    one job by many workers run side by side; the job row is locked last, only to count the
+    claim, as finishes do. Raises Refused (the caller rolls back) when nothing was leased or
+    the job stopped meanwhile.
+    """
+    picked = await fetch_one(conn, "claim_items.pick_job", {"job_types": job_types})
     if picked is None:
         return None
-    job_id, job_type, state = picked[0], picked[1], job_state(picked[2:])
+    job_id, job_type = picked
     lease = await fetch_one(
         conn,
         "claim_items.insert_lease",
@@ -149,6 +152,9 @@ async def claim(
     rows = await fetch_all(
         conn, "claim_items.lease_items", {"job_id": job_id, "lease_id": lease[0], "limit": limit}
     )
+    state = await lock_state(conn, job_id)
+    if not rows or state is None or state.status.finished:
+        raise Refused()
     await save_state(conn, job_id, state, after_claim(state, len(rows)), now, 0.0, claimed_at=now)
     items = [ClaimedItem(i, p, a) for i, p, a in sorted(rows)]
     return Claim(lease[0], job_id, job_type, items)

@@ -286,8 +286,11 @@ class PostgresStore:
             found = await fetch_one(conn, "claim_items.any_runnable", {"job_types": job_types})
             if found is None or not found[0]:
                 return None
-            async with conn.transaction():
-                return await work.claim(conn, worker_id, job_types, limit, now, lease_seconds)
+            try:
+                async with conn.transaction():
+                    return await work.claim(conn, worker_id, job_types, limit, now, lease_seconds)
+            except Refused:  # another worker took the items, or the job stopped: try again
+                return None
 
     async def finish_items(
         self,

@@ -167,26 +167,12 @@ SELECT EXISTS (
 
 -- name: claim_items.pick_job
 -- Round-robin: the runnable job served least recently (new jobs have claimed_at 0).
--- Differs by necessity from SQLite: many workers claim at once, so each locks the job it
--- picks and skips jobs another claim or finish holds at this moment. It also returns the
--- job's counters, which saves the job_state.select round trip.
-SELECT id, job_type, status, total, progress, failures, pending, message, message_set,
-       max_failures, skipped, cancelled
-FROM jobs
+-- Differs by necessity from SQLite: many workers claim at once, so the job is read without a
+-- lock (two workers may pick the same job: SKIP LOCKED gives them different items) and its
+-- row is locked only at the end of the claim, to count it.
+SELECT id, job_type FROM jobs
 WHERE pending > 0 AND status IN ('queued', 'working') AND job_type = ANY(%(job_types)s::text[])
-ORDER BY claimed_at LIMIT 1
-FOR NO KEY UPDATE SKIP LOCKED;
-
--- name: claim_items.pick_job_waiting
--- When every runnable job is locked (typically one big job whose row a finish holds for a
--- moment), wait for it rather than tell the worker there is no work: finishes hold the row
--- only for their last few statements. Nothing else is held yet, so this wait cannot deadlock.
-SELECT id, job_type, status, total, progress, failures, pending, message, message_set,
-       max_failures, skipped, cancelled
-FROM jobs
-WHERE pending > 0 AND status IN ('queued', 'working') AND job_type = ANY(%(job_types)s::text[])
-ORDER BY claimed_at LIMIT 1
-FOR NO KEY UPDATE;
+ORDER BY claimed_at LIMIT 1;
 
 -- name: claim_items.insert_lease
 INSERT INTO leases (job_id, worker_id, expires_at)
