@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from joblot.models import Status
+from joblot.models import JobState, Status
 
 T = TypeVar("T")
 
@@ -245,3 +245,35 @@ def queued_row(job: NewJob) -> JobRow:
     total = len(job.payloads)
     list_key = unfinished_list_key(job.created_at, job.id)
     return JobRow(job.id, job.job_type, Status.QUEUED, total, 0, None, 1, None, list_key)
+
+
+def state_params(
+    job_id: str,
+    old: JobState,
+    new: JobState,
+    now: float,
+    retention: float,
+    claimed_at: float | None,
+) -> dict[str, Any]:
+    """The parameters of `job_state.save`: what the rules decided, and whether the change is
+    visible (bumping the version, hence the ETag) and finishes the job (stamping its purge
+    time and its place among finished jobs)."""
+    return {
+        "id": job_id,
+        "status": new.status.value,
+        "progress": new.progress,
+        "failures": new.failures,
+        "pending": new.pending,
+        "message": new.message,
+        "message_set": new.message_set,
+        "skipped": new.skipped,
+        "cancelled": new.cancelled,
+        "bump": int(
+            (new.status, new.progress, new.message) != (old.status, old.progress, old.message)
+        ),
+        "claimed_at": claimed_at,
+        "finished": new.status.finished and not old.status.finished,
+        "now": now,
+        "retention": retention,
+        "finished_prefix": finished_prefix(now),
+    }

@@ -23,7 +23,7 @@ from joblot.models import (
     after_stop,
     failure_entry,
 )
-from joblot.store import Claim, ClaimedItem, Finish, FinishedItem, finished_prefix
+from joblot.store import Claim, ClaimedItem, Finish, FinishedItem, state_params
 from joblot.store.pgsubmit import queries
 
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -83,29 +83,7 @@ async def save_state(
     claimed_at: float | None = None,
 ) -> None:
     """Write back what the lifecycle rules decided; bump the version if anyone can see it."""
-    finished = new.status.finished and not old.status.finished
-    visible = (new.status, new.progress, new.message) != (old.status, old.progress, old.message)
-    await run(
-        conn,
-        "job_state.save",
-        {
-            "id": job_id,
-            "status": new.status.value,
-            "progress": new.progress,
-            "failures": new.failures,
-            "pending": new.pending,
-            "message": new.message,
-            "message_set": new.message_set,
-            "skipped": new.skipped,
-            "cancelled": new.cancelled,
-            "bump": int(visible),
-            "claimed_at": claimed_at,
-            "finished": finished,
-            "now": now,
-            "retention": retention,
-            "finished_prefix": finished_prefix(now),
-        },
-    )
+    await run(conn, "job_state.save", state_params(job_id, old, new, now, retention, claimed_at))
 
 
 async def stop(

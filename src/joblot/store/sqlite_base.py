@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from joblot.errors import ConfigError, Unavailable
 from joblot.models import JobState, Status
-from joblot.store import JobRow, finished_prefix
+from joblot.store import JobRow, state_params
 from joblot.store.sql import load_migrations, load_queries
 
 R = TypeVar("R")
@@ -233,28 +233,8 @@ class SQLiteBase:
         retention: float,
         claimed_at: float | None = None,
     ) -> None:
-        finished = new.status.finished and not old.status.finished
-        visible = (new.status, new.progress, new.message) != (old.status, old.progress, old.message)
-        conn.execute(
-            self._q["job_state.save"],
-            {
-                "id": job_id,
-                "status": new.status.value,
-                "progress": new.progress,
-                "failures": new.failures,
-                "pending": new.pending,
-                "message": new.message,
-                "message_set": int(new.message_set),
-                "skipped": new.skipped,
-                "cancelled": int(new.cancelled),
-                "bump": int(visible),
-                "claimed_at": claimed_at,
-                "finished": int(finished),
-                "now": now,
-                "retention": retention,
-                "finished_prefix": finished_prefix(now),
-            },
-        )
+        params = state_params(job_id, old, new, now, retention, claimed_at)
+        conn.execute(self._q["job_state.save"], params)
 
     def _state(self, conn: sqlite3.Connection, job_id: str) -> JobState | None:
         row = conn.execute(self._q["job_state.select"], {"id": job_id}).fetchone()
