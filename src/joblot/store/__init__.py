@@ -277,3 +277,21 @@ def state_params(
         "retention": retention,
         "finished_prefix": finished_prefix(now),
     }
+
+
+def job_state(row: tuple[Any, ...]) -> JobState:
+    """A JobState from the columns of `job_state.select` (flags as booleans or 0/1)."""
+    status, total, progress, failures, pending, message, message_set, max_failures = row[:8]
+    skipped, cancelled = row[8:]
+    return JobState(
+        Status(status),
+        total,
+        progress,
+        failures,
+        pending,
+        message,
+        bool(message_set),
+        max_failures,
+        skipped,
+        bool(cancelled),
+    )

@@ -16,14 +16,13 @@ from psycopg.rows import TupleRow
 from joblot.errors import JobFinished
 from joblot.models import (
     JobState,
-    Status,
     after_claim,
     after_finish,
     after_requeue,
     after_stop,
     failure_entry,
 )
-from joblot.store import Claim, ClaimedItem, Finish, FinishedItem, state_params
+from joblot.store import Claim, ClaimedItem, Finish, FinishedItem, job_state, state_params
 from joblot.store.pgsubmit import queries
 
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -47,24 +46,6 @@ async def fetch_all(conn: Conn, name: str, params: dict[str, Any] | None = None)
 async def run(conn: Conn, name: str, params: dict[str, Any] | None = None) -> int:
     """Run the named statement; the number of rows it changed."""
     return (await conn.execute(queries()[name], params)).rowcount
-
-
-def job_state(row: Row) -> JobState:
-    """A JobState from the columns of `job_state.select`."""
-    status, total, progress, failures, pending, message, message_set, max_failures = row[:8]
-    skipped, cancelled = row[8:]
-    return JobState(
-        Status(status),
-        total,
-        progress,
-        failures,
-        pending,
-        message,
-        message_set,
-        max_failures,
-        skipped,
-        cancelled,
-    )
 
 
 async def lock_state(conn: Conn, job_id: str) -> JobState | None:

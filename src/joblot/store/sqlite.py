@@ -6,8 +6,8 @@ import sqlite3
 
 from joblot.errors import IdempotencyKeyReused, JobFinished, TooManyJobs
 from joblot.models import after_stop
-from joblot.store import JobRow, NewJob, Page, TokenRow, job_params, queued_row
-from joblot.store.sqlite_base import job_row, job_state
+from joblot.store import JobRow, NewJob, Page, TokenRow, job_params, job_state, queued_row
+from joblot.store.sqlite_base import job_row
 from joblot.store.sqlite_work import SQLiteWork
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from joblot.errors import ConfigError, Unavailable
 from joblot.models import JobState, Status
-from joblot.store import JobRow, state_params
+from joblot.store import JobRow, job_state, state_params
 from joblot.store.sql import load_migrations, load_queries
 
 R = TypeVar("R")
@@ -28,24 +28,6 @@ def job_row(row: tuple[Any, ...], results: list[bytes] | None) -> JobRow:
     id_, job_type, status, total, progress, message, version, list_key = row
     return JobRow(
         id_, job_type, Status(status), total, progress, message, version, results, list_key
-    )
-
-
-def job_state(row: tuple[Any, ...]) -> JobState:
-    """A JobState from the columns of `job_state.select`."""
-    status, total, progress, failures, pending, message, message_set, max_failures = row[:8]
-    skipped, cancelled = row[8:]
-    return JobState(
-        Status(status),
-        total,
-        progress,
-        failures,
-        pending,
-        message,
-        bool(message_set),
-        max_failures,
-        skipped,
-        bool(cancelled),
     )
 
 
