@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,33 +20,36 @@ from starlette.routing import Route
 
 from joblot.auth import Authenticator
 from joblot.errors import (
-    InvalidJSON,
     InvalidParameter,
     JoblotError,
     MethodNotAllowed,
-    PayloadTooLarge,
     RecordNotFound,
     Unauthorized,
-    UnsupportedMediaType,
 )
 from joblot.events import status_events
 from joblot.models import Status
 from joblot.openapi import openapi_document
+from joblot.params import (
+    INDEX,
+    JOB_ID,
+    LIST_KEY,
+    decode_cursor,
+    encode_cursor,
+    job_id_param,
+    page_params,
+    prefer_wait,
+    read_json_body,
+    tags,
+)
 from joblot.service import Service
 from joblot.store import JobRow, Page
 
 log = logging.getLogger("joblot.api")
 
 API = "/api/v2"
-MAX_PAGE_SIZE = 100
 MAX_SHOW_MANY = 100
-MAX_WAIT_SECONDS = 60
 LONG_POLL_INTERVAL = 0.05
-OFFLOAD_BYTES = 256 * 1024
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
-_LIST_KEY = re.compile(r"[01][0-9]{16}(?:[0-9]{16})?[0-9a-f]{32}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d{1,6})(?:$|[;,\s])")
 
 
 class JSONResponse(Response):
@@ -107,61 +107,6 @@ def etag(job_id: str, version: int) -> str:
 # -- request parsing ------------------------------------------------------------------------
 
 
-def job_id_param(request: Request) -> str:
-    """The `{id}` path parameter without its `.json` suffix; malformed ids are simply not found."""
-    raw = str(request.path_params["id"]).removesuffix(".json")
-    if not _JOB_ID.fullmatch(raw):
-        shown = raw if len(raw) <= 64 else raw[:64] + "..."
-        raise RecordNotFound(f"no job status with id {shown!r}")
-    return raw
-
-
-def whole_number(text: str) -> int | None:
-    """`text` as a whole number when it is ASCII digits, else None. (`str.isdigit()` alone
-    also passes "²", which int() refuses, and int() refuses more than 4300 digits.)"""
-    if not text.isascii() or not text.isdigit():
-        return None
-    digits = text.lstrip("0") or "0"
-    return int(digits) if len(digits) <= 18 else sys.maxsize
-
-
-def page_params(request: Request) -> tuple[str | None, str | None, int]:
-    """`page[after]`, `page[before]` and `page[size]` (1 to 100, default 100)."""
-    query = request.query_params
-    raw_size = query.get("page[size]")
-    size = MAX_PAGE_SIZE
-    if raw_size is not None:
-        number = whole_number(raw_size)
-        if number is None or not 1 <= number <= MAX_PAGE_SIZE:
-            raise InvalidParameter(f"page[size] must be a whole number from 1 to {MAX_PAGE_SIZE}")
-        size = number
-    after, before = query.get("page[after]"), query.get("page[before]")
-    if after is not None and before is not None:
-        raise InvalidParameter("give page[after] or page[before], not both")
-    return after, before, size
-
-
-def encode_cursor(value: str) -> str:
-    """An opaque, URL-safe cursor."""
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None, pattern: re.Pattern[str]) -> str | None:
-    """The value inside a cursor made by `encode_cursor`, or InvalidParameter."""
-    if cursor is None:
-        return None
-    try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        value = ""
-    if len(cursor) > 200 or not pattern.fullmatch(value):
-        raise InvalidParameter(
-            "page[after] / page[before] is not a cursor this server made; "
-            "use the cursors from meta or links"
-        )
-    return value
-
-
 def page_body(
     request: Request,
     key: str,
@@ -197,41 +142,6 @@ def page_body(
             "prev": link("before", before_cursor) if more_before else None,
         },
     }
-
-
-async def read_json_body(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing more than `limit` bytes before reading them all."""
-    content_type = request.headers.get("content-type", "application/json")
-    if "json" not in content_type.lower():
-        raise UnsupportedMediaType(
-            f"send the job as JSON (Content-Type: application/json), not {content_type[:100]!r}"
-        )
-    declared = request.headers.get("content-length")
-    too_large = PayloadTooLarge(
-        f"the body is larger than {limit} bytes; split the items into several jobs"
-    )
-    declared_size = None if declared is None else whole_number(declared)
-    if declared_size is not None and declared_size > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    try:
-        if len(body) > OFFLOAD_BYTES:  # a big body is parsed without stalling other requests
-            return await asyncio.to_thread(orjson.loads, body)
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
-
-
-def prefer_wait(request: Request) -> float:
-    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; 0 when absent."""
-    match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
-    return min(int(match[1]), MAX_WAIT_SECONDS) if match else 0.0
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -278,9 +188,9 @@ class Routes:
         wait = prefer_wait(request)
         if given is not None:  # unchanged costs one version lookup, not the whole status
             version = await self.service.job_version(tenant, job_id)
-            if wait and etag(job_id, version) in _tags(given):
+            if wait and etag(job_id, version) in tags(given):
                 version = await self._wait_for_change(tenant, job_id, given, wait)
-            if etag(job_id, version) in _tags(given):
+            if etag(job_id, version) in tags(given):
                 return Response(status_code=304, headers={"ETag": etag(job_id, version)})
         row = await self.service.get_job(tenant, job_id)
         body = {"job_status": render_status(row, base_url(request, self.service))}
@@ -293,7 +203,7 @@ class Routes:
         while True:
             await asyncio.sleep(LONG_POLL_INTERVAL)
             version = await self.service.job_version(tenant, job_id)
-            if etag(job_id, version) not in _tags(given) or time.monotonic() >= deadline:
+            if etag(job_id, version) not in tags(given) or time.monotonic() >= deadline:
                 return version
 
     async def job_events(self, request: Request) -> Response:
@@ -317,8 +227,8 @@ class Routes:
     async def list_jobs(self, request: Request) -> Response:
         """GET /api/v2/job_statuses: cursor-paginated, unfinished jobs first."""
         after, before, size = page_params(request)
-        after_key = decode_cursor(after, _LIST_KEY)
-        before_key = decode_cursor(before, _LIST_KEY)
+        after_key = decode_cursor(after, LIST_KEY)
+        before_key = decode_cursor(before, LIST_KEY)
         page: Page[JobRow] = await self.service.list_jobs(
             await self.tenant(request), after_key, before_key, size
         )
@@ -345,7 +255,7 @@ class Routes:
         ids = [i.strip() for i in raw.split(",") if i.strip()]
         if len(ids) > MAX_SHOW_MANY:
             raise InvalidParameter(f"show_many takes at most {MAX_SHOW_MANY} ids")
-        wanted = list(dict.fromkeys(i for i in ids if _JOB_ID.fullmatch(i)))
+        wanted = list(dict.fromkeys(i for i in ids if JOB_ID.fullmatch(i)))
         rows = await self.service.get_jobs(await self.tenant(request), wanted)
         base = base_url(request, self.service)
         return JSONResponse({"job_statuses": [render_status(r, base) for r in rows]})
@@ -354,8 +264,8 @@ class Routes:
         """GET /api/v2/job_statuses/{id}/results: result entries by index, in pages."""
         job_id = job_id_param(request)
         after, before, size = page_params(request)
-        after_idx = decode_cursor(after, re.compile(r"\d{1,12}"))
-        before_idx = decode_cursor(before, re.compile(r"\d{1,12}"))
+        after_idx = decode_cursor(after, INDEX)
+        before_idx = decode_cursor(before, INDEX)
         page = await self.service.list_results(
             await self.tenant(request),
             job_id,
@@ -392,10 +302,6 @@ class Routes:
         """GET /healthz: the process answers and its database is reachable."""
         applied, latest = await self.service.store.schema_version()
         return JSONResponse({"status": "ok", "schema": applied, "latest_schema": latest})
-
-
-def _tags(header: str) -> set[str]:
-    return {t.strip().removeprefix("W/") for t in header.split(",")}
 
 
 def _routes(r: Routes) -> list[Route]:

@@ -15,7 +15,8 @@ from urllib.parse import quote, unquote
 import orjson
 import pytest
 
-from joblot.api import create_app, encode_cursor
+from joblot.api import create_app
+from joblot.params import encode_cursor
 
 from .harness import harness
 from .hostile import LONG, SQL, VALID_JOB, Baseline, assert_error, raw_request

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from joblot.api import _JOB_ID, _LIST_KEY, decode_cursor, encode_cursor
 from joblot.app import JobType
 from joblot.auth import credential, digest
 from joblot.errors import InvalidParameter
 from joblot.models import ResultEntry, failure_entry, new_job_id, success_entry
+from joblot.params import JOB_ID, LIST_KEY, decode_cursor, encode_cursor
 from joblot.store import finished_prefix, unfinished_list_key
 from joblot.worker import to_result
 
@@ -58,10 +58,10 @@ def list_keys(draw: st.DrawFn) -> str:
 @PROPERTY
 @given(list_keys())
 def test_every_list_key_round_trips_through_a_cursor(key: str) -> None:
-    assert _LIST_KEY.fullmatch(key)
+    assert LIST_KEY.fullmatch(key)
     cursor = encode_cursor(key)
     assert re.fullmatch(r"[A-Za-z0-9_-]+", cursor), "cursors are URL-safe as they are"
-    assert decode_cursor(cursor, _LIST_KEY) == key
+    assert decode_cursor(cursor, LIST_KEY) == key
 
 
 @PROPERTY
@@ -79,7 +79,7 @@ def test_every_result_index_round_trips_through_a_cursor(index: int) -> None:
 @example(encode_cursor("0" * 49 + "' OR 1=1 --"))
 @example("A" * 5000)
 def test_a_garbage_cursor_is_refused_with_invalid_parameter(cursor: str) -> None:
-    for pattern in (_LIST_KEY, RESULT_INDEX):
+    for pattern in (LIST_KEY, RESULT_INDEX):
         try:
             value = decode_cursor(cursor, pattern)
         except InvalidParameter:
@@ -92,7 +92,7 @@ def test_a_garbage_cursor_is_refused_with_invalid_parameter(cursor: str) -> None
 @given(any_text.filter(lambda text: not re.fullmatch(r"[A-Za-z0-9_=-]*", text)))
 def test_a_cursor_with_characters_this_server_never_emits_decodes_to_no_key(cursor: str) -> None:
     with pytest.raises(InvalidParameter):
-        decode_cursor(cursor + "'; DROP TABLE jobs; --", _LIST_KEY)
+        decode_cursor(cursor + "'; DROP TABLE jobs; --", LIST_KEY)
 
 
 # -- job ids --------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_a_cursor_with_characters_this_server_never_emits_decodes_to_no_key(curs
 @given(st.floats(min_value=0, max_value=MAX_ID_TIME, allow_nan=False))
 def test_a_job_id_is_32_lowercase_hex_with_the_uuidv7_version_and_variant(now: float) -> None:
     job_id = new_job_id(now)
-    assert _JOB_ID.fullmatch(job_id)
+    assert JOB_ID.fullmatch(job_id)
     assert job_id[12] == "7" and job_id[16] in "89ab"
     assert int(job_id[:12], 16) == int(now * 1000)
 

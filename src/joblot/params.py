@@ -1,0 +1,124 @@
+"""Reading requests: path ids, page parameters, cursors, JSON bodies and HTTP preferences."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import sys
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from joblot.errors import (
+    InvalidJSON,
+    InvalidParameter,
+    PayloadTooLarge,
+    RecordNotFound,
+    UnsupportedMediaType,
+)
+
+MAX_PAGE_SIZE = 100
+MAX_WAIT_SECONDS = 60
+OFFLOAD_BYTES = 256 * 1024
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+LIST_KEY = re.compile(r"[01][0-9]{16}(?:[0-9]{16})?[0-9a-f]{32}")
+INDEX = re.compile(r"\d{1,12}")
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d{1,6})(?:$|[;,\s])")
+
+
+def job_id_param(request: Request) -> str:
+    """The `{id}` path parameter without its `.json` suffix; malformed ids are simply not found."""
+    raw = str(request.path_params["id"]).removesuffix(".json")
+    if not JOB_ID.fullmatch(raw):
+        shown = raw if len(raw) <= 64 else raw[:64] + "..."
+        raise RecordNotFound(f"no job status with id {shown!r}")
+    return raw
+
+
+def whole_number(text: str) -> int | None:
+    """`text` as a whole number when it is ASCII digits, else None. (`str.isdigit()` alone
+    also passes "²", which int() refuses, and int() refuses more than 4300 digits.)"""
+    if not text.isascii() or not text.isdigit():
+        return None
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else sys.maxsize
+
+
+def page_params(request: Request) -> tuple[str | None, str | None, int]:
+    """`page[after]`, `page[before]` and `page[size]` (1 to 100, default 100)."""
+    query = request.query_params
+    raw_size = query.get("page[size]")
+    size = MAX_PAGE_SIZE
+    if raw_size is not None:
+        number = whole_number(raw_size)
+        if number is None or not 1 <= number <= MAX_PAGE_SIZE:
+            raise InvalidParameter(f"page[size] must be a whole number from 1 to {MAX_PAGE_SIZE}")
+        size = number
+    after, before = query.get("page[after]"), query.get("page[before]")
+    if after is not None and before is not None:
+        raise InvalidParameter("give page[after] or page[before], not both")
+    return after, before, size
+
+
+def encode_cursor(value: str) -> str:
+    """An opaque, URL-safe cursor."""
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, pattern: re.Pattern[str]) -> str | None:
+    """The value inside a cursor made by `encode_cursor`, or InvalidParameter."""
+    if cursor is None:
+        return None
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = ""
+    if len(cursor) > 200 or not pattern.fullmatch(value):
+        raise InvalidParameter(
+            "page[after] / page[before] is not a cursor this server made; "
+            "use the cursors from meta or links"
+        )
+    return value
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing more than `limit` bytes before reading them all."""
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type.lower():
+        raise UnsupportedMediaType(
+            f"send the job as JSON (Content-Type: application/json), not {content_type[:100]!r}"
+        )
+    declared = request.headers.get("content-length")
+    too_large = PayloadTooLarge(
+        f"the body is larger than {limit} bytes; split the items into several jobs"
+    )
+    declared_size = None if declared is None else whole_number(declared)
+    if declared_size is not None and declared_size > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    try:
+        if len(body) > OFFLOAD_BYTES:  # a big body is parsed without stalling other requests
+            return await asyncio.to_thread(orjson.loads, body)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
+
+
+def prefer_wait(request: Request) -> float:
+    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; 0 when absent."""
+    match = _PREFER_WAIT.search(request.headers.get("prefer", ""))
+    return min(int(match[1]), MAX_WAIT_SECONDS) if match else 0.0
+
+
+def tags(header: str) -> set[str]:
+    """The entity tags of an If-None-Match header, weak ones compared as strong."""
+    return {t.strip().removeprefix("W/") for t in header.split(",")}
