@@ -295,3 +295,23 @@ def job_state(row: tuple[Any, ...]) -> JobState:
         skipped,
         bool(cancelled),
     )
+
+
+K = TypeVar("K")
+
+
+def keyset_query(operation: str, after: K | None, before: K | None, start: K) -> tuple[str, K]:
+    """The named query and key of one page: `<operation>.before` going back from `before`,
+    else `<operation>.after` going on from `after` (from `start` when neither is given)."""
+    if before is not None:
+        return f"{operation}.before", before
+    return f"{operation}.after", start if after is None else after
+
+
+def keyset_page(rows: list[T], size: int, backwards: bool) -> tuple[list[T], bool]:
+    """A page from `size + 1` fetched rows: the first `size`, in ascending key order, and
+    whether there were more (the extra row)."""
+    page = rows[:size]
+    if backwards:  # `.before` queries read in descending order
+        page.reverse()
+    return page, len(rows) > size

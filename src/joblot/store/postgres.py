@@ -22,6 +22,8 @@ from joblot.store import (
     NewJob,
     Page,
     TokenRow,
+    keyset_page,
+    keyset_query,
     queued_row,
 )
 from joblot.store import pgwork as work
@@ -50,13 +52,6 @@ def _job_row(row: Row) -> JobRow:
     return JobRow(
         id_, job_type, Status(status), total, progress, message, version, inline, list_key
     )
-
-
-def _page(rows: list[Row], size: int, backwards: bool) -> list[Row]:
-    rows = rows[:size]
-    if backwards:
-        rows.reverse()
-    return rows
 
 
 class PostgresStore:
@@ -234,31 +229,25 @@ class PostgresStore:
         inline: int,
     ) -> Page[JobRow]:
         """A page of jobs in listing order, each with its results inline when small."""
-        name, key = (
-            ("list_jobs.before", before) if before is not None else ("list_jobs.after", after or "")
-        )
+        name, key = keyset_query("list_jobs", after, before, "")
         params = {"tenant": tenant, "key": key, "now": now, "limit": size + 1, "inline": inline}
         async with self._connection() as conn:
             rows = await fetch_all(conn, name, params)
-        page = _page(rows, size, before is not None)
-        return Page([_job_row(r) for r in page], len(rows) > size)
+        page, has_more = keyset_page(rows, size, before is not None)
+        return Page([_job_row(r) for r in page], has_more)
 
     async def list_results(
         self, tenant: str, job_id: str, now: float, after: int | None, before: int | None, size: int
     ) -> Page[tuple[int, bytes]] | None:
         """A page of a job's result entries by index."""
-        name, idx = (
-            ("list_results.before", before)
-            if before is not None
-            else ("list_results.after", -1 if after is None else after)
-        )
+        name, idx = keyset_query("list_results", after, before, -1)
         async with self._connection() as conn:
             job = {"id": job_id, "tenant": tenant, "now": now}
             if await fetch_one(conn, "job_version", job) is None:
                 return None
             rows = await fetch_all(conn, name, {"id": job_id, "idx": idx, "limit": size + 1})
-        page = _page(rows, size, before is not None)
-        return Page([(i, e) for i, e in page], len(rows) > size)
+        page, has_more = keyset_page(rows, size, before is not None)
+        return Page([(i, e) for i, e in page], has_more)
 
     async def job_version(self, tenant: str, job_id: str, now: float) -> int | None:
         """The job's change counter, for ETags and long polls."""

@@ -6,7 +6,17 @@ import sqlite3
 
 from joblot.errors import IdempotencyKeyReused, JobFinished, TooManyJobs
 from joblot.models import after_stop
-from joblot.store import JobRow, NewJob, Page, TokenRow, job_params, job_state, queued_row
+from joblot.store import (
+    JobRow,
+    NewJob,
+    Page,
+    TokenRow,
+    job_params,
+    job_state,
+    keyset_page,
+    keyset_query,
+    queued_row,
+)
 from joblot.store.sqlite_base import job_row
 from joblot.store.sqlite_work import SQLiteWork
 
@@ -125,17 +135,12 @@ class SQLiteStore(SQLiteWork):
         size: int,
         inline: int,
     ) -> Page[JobRow]:
-        name, key = (
-            ("list_jobs.before", before) if before is not None else ("list_jobs.after", after or "")
-        )
+        name, key = keyset_query("list_jobs", after, before, "")
         rows = conn.execute(
             self._q[name], {"tenant": tenant, "key": key, "now": now, "limit": size + 1}
         ).fetchall()
-        has_more = len(rows) > size
-        rows = rows[:size]
-        if before is not None:
-            rows.reverse()
-        return Page([job_row(r, self._inline_results(conn, r, inline)) for r in rows], has_more)
+        page, has_more = keyset_page(rows, size, before is not None)
+        return Page([job_row(r, self._inline_results(conn, r, inline)) for r in page], has_more)
 
     async def list_results(
         self, tenant: str, job_id: str, now: float, after: int | None, before: int | None, size: int
@@ -155,17 +160,10 @@ class SQLiteStore(SQLiteWork):
     ) -> Page[tuple[int, bytes]] | None:
         if self._job_version(conn, tenant, job_id, now) is None:
             return None
-        name, idx = (
-            ("list_results.before", before)
-            if before is not None
-            else ("list_results.after", -1 if after is None else after)
-        )
+        name, idx = keyset_query("list_results", after, before, -1)
         rows = conn.execute(self._q[name], {"id": job_id, "idx": idx, "limit": size + 1}).fetchall()
-        has_more = len(rows) > size
-        rows = rows[:size]
-        if before is not None:
-            rows.reverse()
-        return Page([(i, e) for i, e in rows], has_more)
+        page, has_more = keyset_page(rows, size, before is not None)
+        return Page([(i, e) for i, e in page], has_more)
 
     async def job_version(self, tenant: str, job_id: str, now: float) -> int | None:
         """The job's change counter, for ETags and long polls."""
