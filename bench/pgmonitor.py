@@ -56,11 +56,11 @@ class Samples:
 def statement_names() -> dict[str, str]:
     """joblot's named PostgreSQL queries by the start of their text, to name sampled ones."""
     try:
-        from joblot.store.pgsubmit import queries  # internal, read only to label samples
+        from joblot.store.sql import queries  # internal, read only to label samples
     except ImportError:
         return {}
     names: dict[str, str] = {}
-    for name, text in queries().items():
+    for name, text in queries("postgres").items():
         names.setdefault(" ".join(text.split())[:STATEMENT_PREFIX], name)
     return names
 

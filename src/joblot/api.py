@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -26,8 +26,8 @@ from joblot.errors import (
     RecordNotFound,
     Unauthorized,
 )
-from joblot.events import status_events
-from joblot.models import Status
+from joblot.events import CHANGE_POLL_SECONDS, status_events
+from joblot.models import API_PREFIX, MAX_SHOW_MANY, Status, status_url
 from joblot.openapi import openapi_document
 from joblot.params import (
     INDEX,
@@ -46,9 +46,7 @@ from joblot.store import JobRow, Page
 
 log = logging.getLogger("joblot.api")
 
-API = "/api/v2"
-MAX_SHOW_MANY = 100
-LONG_POLL_INTERVAL = 0.05
+API = API_PREFIX
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
@@ -76,11 +74,6 @@ def base_url(request: Request, service: Service) -> str:
     return (configured or str(request.base_url)).rstrip("/")
 
 
-def status_url(base: str, job_id: str) -> str:
-    """The url a client polls: `{public_url}/api/v2/job_statuses/{id}.json`."""
-    return f"{base}{API}/job_statuses/{job_id}.json"
-
-
 def render_status(row: JobRow, base: str) -> dict[str, Any]:
     """A JobStatus: eight keys in Zendesk's order, nulls written out."""
     queued = row.status is Status.QUEUED
@@ -104,13 +97,11 @@ def etag(job_id: str, version: int) -> str:
     return f'"{job_id}.{version}"'
 
 
-# -- request parsing ------------------------------------------------------------------------
-
-
 def page_body(
     request: Request,
     key: str,
     rows: list[Any],
+    *,
     cursors: list[str],
     has_more: bool,
     went_back: bool,
@@ -149,20 +140,35 @@ def page_body(
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+def tenant_of(request: Request) -> str:
+    """The tenant an authenticated request acts for (set by `Routes.authenticated`)."""
+    tenant: str = request.state.tenant
+    return tenant
+
+
 class Routes:
     """The endpoint functions, bound to one Service."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, auth_clock: Callable[[], float] = time.monotonic) -> None:
         self.service = service
-        self.auth = Authenticator(service.store, service.settings)
+        self.auth = Authenticator(service, service.settings, auth_clock)
 
-    async def tenant(self, request: Request) -> str:
-        """The tenant this request acts for (401 without valid credentials)."""
-        return await self.auth.tenant(request.headers.get("authorization"))
+    def authenticated(self, endpoint: Endpoint) -> Endpoint:
+        """`endpoint` behind authentication: the credentials are checked before anything of
+        the request is read, so a caller without them always gets 401, never a 400 or 404
+        that would tell it something."""
+
+        async def guarded(request: Request) -> Response:
+            request.state.tenant = await self.auth.tenant(request.headers.get("authorization"))
+            return await endpoint(request)
+
+        guarded.__name__ = guarded.__qualname__ = endpoint.__name__
+        guarded.__doc__ = endpoint.__doc__
+        return guarded
 
     async def submit_job(self, request: Request) -> Response:
         """POST /api/v2/jobs: queue a job; 202 with Location and Retry-After."""
-        tenant = await self.tenant(request)
+        tenant = tenant_of(request)
         key = request.headers.get("idempotency-key")
         if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
             raise InvalidParameter("Idempotency-Key must be 1 to 255 printable ASCII characters")
@@ -182,7 +188,7 @@ class Routes:
 
     async def show_job(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/{id}: the JobStatus, with ETag and long poll."""
-        tenant = await self.tenant(request)
+        tenant = tenant_of(request)
         job_id = job_id_param(request)
         given = request.headers.get("if-none-match")
         wait = prefer_wait(request)
@@ -201,14 +207,14 @@ class Routes:
         """Hold a long poll until the version differs from the ETags given or `wait` passes."""
         deadline = time.monotonic() + wait
         while True:
-            await asyncio.sleep(LONG_POLL_INTERVAL)
+            await asyncio.sleep(CHANGE_POLL_SECONDS)
             version = await self.service.job_version(tenant, job_id)
             if etag(job_id, version) not in tags(given) or time.monotonic() >= deadline:
                 return version
 
     async def job_events(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/{id}/events: status changes as Server-Sent Events."""
-        tenant = await self.tenant(request)
+        tenant = tenant_of(request)
         job_id = job_id_param(request)
         await self.service.job_version(tenant, job_id)  # a 404 before the stream starts
         raw = request.headers.get("last-event-id", "")
@@ -219,7 +225,12 @@ class Routes:
             return render_status(row, base)
 
         stream = status_events(
-            self.service, tenant, job_id, last_seen, render, request.is_disconnected
+            self.service,
+            tenant,
+            job_id,
+            last_seen=last_seen,
+            render=render,
+            disconnected=request.is_disconnected,
         )
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
@@ -230,20 +241,19 @@ class Routes:
         after_key = decode_cursor(after, LIST_KEY)
         before_key = decode_cursor(before, LIST_KEY)
         page: Page[JobRow] = await self.service.list_jobs(
-            await self.tenant(request), after_key, before_key, size
+            tenant_of(request), after_key, before_key, size
         )
         base = base_url(request, self.service)
-        rows = [render_status(r, base) for r in page.rows]
         body = page_body(
             request,
             "job_statuses",
-            rows,
-            [r.list_key for r in page.rows],
-            page.has_more,
-            before is not None,
-            after is not None,
-            size,
-            base,
+            [render_status(r, base) for r in page.rows],
+            cursors=[r.list_key for r in page.rows],
+            has_more=page.has_more,
+            went_back=before is not None,
+            started_after=after is not None,
+            size=size,
+            base=base,
         )
         return JSONResponse(body)
 
@@ -256,7 +266,7 @@ class Routes:
         if len(ids) > MAX_SHOW_MANY:
             raise InvalidParameter(f"show_many takes at most {MAX_SHOW_MANY} ids")
         wanted = list(dict.fromkeys(i for i in ids if JOB_ID.fullmatch(i)))
-        rows = await self.service.get_jobs(await self.tenant(request), wanted)
+        rows = await self.service.get_jobs(tenant_of(request), wanted)
         base = base_url(request, self.service)
         return JSONResponse({"job_statuses": [render_status(r, base) for r in rows]})
 
@@ -267,30 +277,28 @@ class Routes:
         after_idx = decode_cursor(after, INDEX)
         before_idx = decode_cursor(before, INDEX)
         page = await self.service.list_results(
-            await self.tenant(request),
+            tenant_of(request),
             job_id,
             None if after_idx is None else int(after_idx),
             None if before_idx is None else int(before_idx),
             size,
         )
-        entries = [orjson.Fragment(entry) for _, entry in page.rows]
         body = page_body(
             request,
             "results",
-            entries,
-            [str(i) for i, _ in page.rows],
-            page.has_more,
-            before is not None,
-            after is not None,
-            size,
-            base_url(request, self.service),
+            [orjson.Fragment(entry) for _, entry in page.rows],
+            cursors=[str(i) for i, _ in page.rows],
+            has_more=page.has_more,
+            went_back=before is not None,
+            started_after=after is not None,
+            size=size,
+            base=base_url(request, self.service),
         )
         return JSONResponse(body)
 
     async def cancel_job(self, request: Request) -> Response:
         """POST /api/v2/job_statuses/{id}/cancel: stop the job; unstarted items never run."""
-        tenant = await self.tenant(request)
-        row = await self.service.cancel_job(tenant, job_id_param(request))
+        row = await self.service.cancel_job(tenant_of(request), job_id_param(request))
         body = {"job_status": render_status(row, base_url(request, self.service))}
         return JSONResponse(body, headers={"ETag": etag(row.id, row.version)})
 
@@ -300,25 +308,26 @@ class Routes:
 
     async def health(self, request: Request) -> Response:
         """GET /healthz: the process answers and its database is reachable."""
-        applied, latest = await self.service.store.schema_version()
+        applied, latest = await self.service.schema_version()
         return JSONResponse({"status": "ok", "schema": applied, "latest_schema": latest})
 
 
 def _routes(r: Routes) -> list[Route]:
-    def both(path: str, endpoint: Endpoint, methods: list[str]) -> list[Route]:
-        return [
-            Route(path, endpoint, methods=methods),
-            Route(f"{path}.json", endpoint, methods=methods),
-        ]
+    def api(path: str, endpoint: Endpoint, method: str, *, json_suffix: bool = True) -> list[Route]:
+        """An authenticated API route, also at `<path>.json` (as Zendesk's paths are)."""
+        guarded = r.authenticated(endpoint)
+        paths = [path, f"{path}.json"] if json_suffix else [path]
+        return [Route(p, guarded, methods=[method]) for p in paths]
 
     return [
-        *both(f"{API}/jobs", r.submit_job, ["POST"]),
-        *both(f"{API}/job_statuses", r.list_jobs, ["GET"]),
-        *both(f"{API}/job_statuses/show_many", r.show_many, ["GET"]),
-        *both(f"{API}/job_statuses/{{id}}/results", r.list_results, ["GET"]),
-        *both(f"{API}/job_statuses/{{id}}/cancel", r.cancel_job, ["POST"]),
-        Route(f"{API}/job_statuses/{{id}}/events", r.job_events, methods=["GET"]),
-        Route(f"{API}/job_statuses/{{id}}", r.show_job, methods=["GET"]),
+        *api(f"{API}/jobs", r.submit_job, "POST"),
+        *api(f"{API}/job_statuses", r.list_jobs, "GET"),
+        *api(f"{API}/job_statuses/show_many", r.show_many, "GET"),
+        *api(f"{API}/job_statuses/{{id}}/results", r.list_results, "GET"),
+        *api(f"{API}/job_statuses/{{id}}/cancel", r.cancel_job, "POST"),
+        # `{id}` below also matches `<id>.json`; job_id_param takes the suffix off
+        *api(f"{API}/job_statuses/{{id}}/events", r.job_events, "GET", json_suffix=False),
+        *api(f"{API}/job_statuses/{{id}}", r.show_job, "GET", json_suffix=False),
         Route("/openapi.json", r.openapi, methods=["GET"]),
         Route("/healthz", r.health, methods=["GET"]),
     ]
@@ -354,17 +363,27 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(
     service: Service,
     on_close: Callable[[], Awaitable[None]] | None = None,
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+    auth_clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
-    """The ASGI app serving `service`; `on_close` runs at shutdown (e.g. to close the store)."""
+    """The ASGI app serving `service`. Each of `background` runs as a task while the app
+    serves; `on_close` runs at shutdown, after they stopped (e.g. to close the store).
+    `auth_clock` times the token caches and rate limits (tests step it forward)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if on_close is not None:
-            await on_close()
+        tasks = [asyncio.create_task(run()) for run in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if on_close is not None:
+                await on_close()
 
     return Starlette(
-        routes=_routes(Routes(service)),
+        routes=_routes(Routes(service, auth_clock)),
         exception_handlers={
             JoblotError: _joblot_error,
             HTTPException: _http_error,

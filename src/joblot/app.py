@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from joblot.errors import ConfigError
+from joblot.models import MAX_JOB_TYPE_LENGTH
 
 Handler = Callable[[dict[str, Any], "Context"], Any]
 
@@ -83,8 +84,8 @@ class App:
 
     def add(self, job_type: JobType) -> None:
         """Register a job type; a name can be registered once."""
-        if not job_type.name or len(job_type.name) > 200:
-            raise ConfigError("a job type name must have 1 to 200 characters")
+        if not job_type.name or len(job_type.name) > MAX_JOB_TYPE_LENGTH:
+            raise ConfigError(f"a job type name must have 1 to {MAX_JOB_TYPE_LENGTH} characters")
         if job_type.name in self._types:
             raise ConfigError(f"job type {job_type.name!r} is registered twice")
         self._types[job_type.name] = job_type

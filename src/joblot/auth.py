@@ -10,11 +10,13 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from joblot.config import Settings
 from joblot.errors import TooManyRequests, Unauthorized
-from joblot.store import Store
+from joblot.models import DEFAULT_TENANT
 
 TOKEN_PREFIX = "jl_"
 _TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -29,14 +31,6 @@ class MintedToken:
     token_id: str
     secret: str
     digest: str
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who a request acts for: a token of one tenant."""
-
-    token_id: str
-    tenant: str
 
 
 def digest(token: str) -> str:
@@ -103,9 +97,9 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, key: str, now: float | None = None) -> int:
-        """Take one request; 0 if allowed, else whole seconds to wait (for `Retry-After`)."""
-        now = time.monotonic() if now is None else now
+    def acquire(self, key: str, now: float) -> int:
+        """Take one request at `now` (monotonic seconds); 0 if allowed, else whole seconds to
+        wait (for `Retry-After`)."""
         with self._lock:
             tokens, stamp = self._buckets.get(key, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - stamp) * self.rate)
@@ -116,19 +110,35 @@ class RateLimiter:
             return max(1, math.ceil((1.0 - tokens) / self.rate))
 
 
-DEFAULT_TENANT = "default"  # owns the jobs submitted while the server runs without tokens
 CACHE_SECONDS = 2.0  # a revoked token stops working within this long
 
 
-class Authenticator:
-    """Turns an Authorization header into the tenant a request acts for."""
+class Tokens(Protocol):
+    """Where an Authenticator looks tokens up (the Service)."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
-        self.store = store
+    async def find_token(self, digest: str) -> tuple[str, str] | None:
+        """(token id, tenant) of the live token with this digest."""
+
+    async def count_tokens(self) -> int:
+        """How many live tokens there are."""
+
+
+class Authenticator:
+    """Turns an Authorization header into the tenant a request acts for.
+
+    Lookups are cached for CACHE_SECONDS of `clock` (monotonic seconds), so a poll costs no
+    query and a revoked token stops working within that time.
+    """
+
+    def __init__(
+        self, tokens: Tokens, settings: Settings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.tokens = tokens
+        self.clock = clock
         self.open_allowed = settings.insecure or is_loopback(settings.host)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
-        self._tokens: dict[str, tuple[float, tuple[str, str] | None]] = {}
-        self._live: tuple[float, int] = (-CACHE_SECONDS, 0)
+        self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._live: tuple[float, int] | None = None
 
     async def tenant(self, authorization: str | None) -> str:
         """The tenant of the credentials; without any, the default tenant if serving open."""
@@ -144,7 +154,7 @@ class Authenticator:
         if found is None:
             raise Unauthorized("that token is unknown or was revoked")
         token_id, tenant = found
-        wait = self.limiter.acquire(token_id)
+        wait = self.limiter.acquire(token_id, self.clock())
         if wait:
             raise TooManyRequests(
                 f"this token made more than {self.limiter.capacity:.0f} "
@@ -154,18 +164,18 @@ class Authenticator:
         return tenant
 
     async def _find(self, token_digest: str) -> tuple[str, str] | None:
-        now = time.monotonic()
-        cached = self._tokens.get(token_digest)
+        now = self.clock()
+        cached = self._cache.get(token_digest)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
-        found = await self.store.find_token(token_digest)
-        if len(self._tokens) > 10_000:
-            self._tokens.clear()
-        self._tokens[token_digest] = (now, found)
+        found = await self.tokens.find_token(token_digest)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[token_digest] = (now, found)
         return found
 
     async def _live_tokens(self) -> int:
-        now = time.monotonic()
-        if now - self._live[0] >= CACHE_SECONDS:
-            self._live = (now, await self.store.count_tokens())
+        now = self.clock()
+        if self._live is None or now - self._live[0] >= CACHE_SECONDS:
+            self._live = (now, await self.tokens.count_tokens())
         return self._live[1]

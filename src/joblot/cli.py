@@ -224,7 +224,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------
 
 
-def _server_flags(p: argparse.ArgumentParser, app: bool = True) -> None:
+def _server_flags(p: argparse.ArgumentParser, *, app: bool = True) -> None:
     p.add_argument(
         "--db",
         metavar="URL",

@@ -18,13 +18,11 @@ from urllib.parse import quote
 import httpx
 
 from joblot.errors import ClientError
-from joblot.models import JobStatus
+from joblot.models import API_PREFIX, MAX_PAGE_SIZE, MAX_SHOW_MANY, JobStatus
 
 T = TypeVar("T")
 
-API = "/api/v2"
-MAX_PAGE_SIZE = 100  # the server refuses larger pages
-SHOW_MANY_CHUNK = 100  # the server takes at most this many ids per show_many
+API = API_PREFIX
 MAX_RETRY_AFTER = 60.0
 THROTTLED = frozenset({429, 503})
 
@@ -215,8 +213,8 @@ class AsyncClient:
     async def show_many(self, ids: builtins.list[str]) -> builtins.list[JobStatus]:
         """The JobStatuses of the jobs among `ids` that exist, in the order asked."""
         found: builtins.list[JobStatus] = []
-        for start in range(0, len(ids), SHOW_MANY_CHUNK):
-            chunk = ",".join(ids[start : start + SHOW_MANY_CHUNK])
+        for start in range(0, len(ids), MAX_SHOW_MANY):
+            chunk = ",".join(ids[start : start + MAX_SHOW_MANY])
             body = await self._get(f"{API}/job_statuses/show_many.json", {"ids": chunk})
             found.extend(JobStatus.model_validate(s) for s in body["job_statuses"])
         return found

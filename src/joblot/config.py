@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from joblot.errors import ConfigError
+from joblot.store import backend_for
 
 DEFAULT_DATABASE_URL = "sqlite:///joblot.db"
 DEFAULT_APP = "joblot.demo:app"
@@ -55,7 +58,7 @@ class Settings:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)}")
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {self.workers}")
-        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        if backend_for(self.database_url) is None:
             raise ConfigError(
                 f"unsupported database URL {self.database_url!r}: "
                 "use sqlite:///path/to/file.db or postgresql://user@host/db"
@@ -76,19 +79,28 @@ class Settings:
 
 
 def _convert(name: str, kind: Any, raw: str) -> Any:
-    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    if kind_name == "bool":
+    """`raw` (from env `JOBLOT_<NAME>`) as the type of the Settings field `name`."""
+    if kind is bool:
         if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
             raise ConfigError(f"JOBLOT_{name.upper()}={raw!r} is not true or false")
         return raw.lower() in ("1", "true", "yes")
-    try:
-        if kind_name.startswith("int"):
-            return int(raw)
-        if kind_name.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"JOBLOT_{name.upper()}={raw!r} is not a number") from None
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"JOBLOT_{name.upper()}={raw!r} is not a number") from None
     return raw
+
+
+def _field_types() -> dict[str, Any]:
+    """Each Settings field's type, with `X | None` read as X (None is the default, not a value
+    one can write in the environment)."""
+    found = {}
+    for name, hint in typing.get_type_hints(Settings).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = isinstance(hint, types.UnionType) and len(args) == 1
+        found[name] = args[0] if optional else hint
+    return found
 
 
 def load_settings(
@@ -97,10 +109,10 @@ def load_settings(
     """Settings from command-line `flags` (None means absent), then env, then defaults."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for f in fields(Settings):
-        raw = env.get(f"JOBLOT_{f.name.upper()}")
+    for name, kind in _field_types().items():
+        raw = env.get(f"JOBLOT_{name.upper()}")
         if raw is not None and raw != "":
-            values[f.name] = _convert(f.name, f.type, raw)
+            values[name] = _convert(name, kind, raw)
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = value

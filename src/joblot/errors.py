@@ -59,6 +59,12 @@ class RecordNotFound(JoblotError):
     status_code = 404
     name = "RecordNotFound"
 
+    @classmethod
+    def for_job(cls, job_id: str) -> RecordNotFound:
+        """The answer for a job id that names no job this caller may see."""
+        shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+        return cls(f"no job status with id {shown!r}")
+
 
 class Conflict(JoblotError):
     """The request conflicts with the current state of the job."""
@@ -142,13 +148,6 @@ class ConfigError(JoblotError):
     """A setting, flag or environment variable has an unusable value."""
 
     name = "ConfigError"
-
-
-class LeaseLost(JoblotError):
-    """A worker's lease lapsed; its results are refused so no item counts twice."""
-
-    status_code = 409
-    name = "LeaseLost"
 
 
 class ClientError(JoblotError):

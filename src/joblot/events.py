@@ -13,7 +13,7 @@ from joblot.errors import JoblotError
 from joblot.service import Service
 from joblot.store import JobRow
 
-POLL_SECONDS = 0.05  # how often the stream looks for a change (one indexed read)
+CHANGE_POLL_SECONDS = 0.05  # how often a long poll or stream looks for a change (one read)
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing the stream
 RETRY_MILLIS = 1000  # how soon an EventSource reconnects (with Last-Event-ID) if cut off
 
@@ -28,6 +28,7 @@ async def status_events(
     service: Service,
     tenant: str,
     job_id: str,
+    *,
     last_seen: int | None,
     render: Callable[[JobRow], dict[str, Any]],
     disconnected: Callable[[], Awaitable[bool]],
@@ -53,4 +54,4 @@ async def status_events(
         if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(CHANGE_POLL_SECONDS)

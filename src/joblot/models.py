@@ -11,6 +11,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+DEFAULT_TENANT = "default"  # owns the jobs submitted while the server runs without tokens
+MAX_PAGE_SIZE = 100  # entries in one page of a cursor-paginated listing
+MAX_SHOW_MANY = 100  # ids in one show_many request
+MAX_JOB_TYPE_LENGTH = 200
+API_PREFIX = "/api/v2"
+
 
 class Status(StrEnum):
     """The four states of a job, exactly as Zendesk names them."""
@@ -39,6 +45,16 @@ def can_transition(old: Status, new: Status) -> bool:
     return new in TRANSITIONS[old]
 
 
+def check_transition(old: Status, new: Status) -> None:
+    """Raise ValueError unless a job may stay at `old` or move from it to `new`.
+
+    Every state the rules below produce is checked here before it is saved, so a rule that
+    broke the lifecycle would fail loudly instead of writing a job that changes its mind.
+    """
+    if new is not old and not can_transition(old, new):
+        raise ValueError(f"a job cannot go from {old.value} to {new.value}")
+
+
 class JobStatus(BaseModel):
     """Zendesk's JobStatus: always these eight keys, in this order, nulls written out."""
 
@@ -57,6 +73,11 @@ class JobStatus(BaseModel):
     def finished(self) -> bool:
         """True once the job is `completed` or `failed`."""
         return self.status.finished
+
+
+def status_url(base: str, job_id: str) -> str:
+    """The url a client polls: `{public_url}/api/v2/job_statuses/{id}.json`."""
+    return f"{base.rstrip('/')}{API_PREFIX}/job_statuses/{job_id}.json"
 
 
 class ResultEntry(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from joblot.models import JobStatus
+from joblot.models import MAX_JOB_TYPE_LENGTH, MAX_PAGE_SIZE, JobStatus
 
 JSON = "application/json"
 
@@ -46,7 +46,7 @@ _PAGE = [
     {
         "name": "page[size]",
         "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
     },
     {"name": "page[after]", "in": "query", "schema": {"type": "string"}},
     {"name": "page[before]", "in": "query", "schema": {"type": "string"}},
@@ -119,7 +119,11 @@ def _schemas() -> dict[str, Any]:
                     "required": ["job_type", "items"],
                     "additionalProperties": False,
                     "properties": {
-                        "job_type": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "job_type": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_JOB_TYPE_LENGTH,
+                        },
                         "items": {"type": "array", "minItems": 1, "items": {"type": "object"}},
                     },
                 }

@@ -19,8 +19,8 @@ from joblot.errors import (
     RecordNotFound,
     UnsupportedMediaType,
 )
+from joblot.models import MAX_PAGE_SIZE
 
-MAX_PAGE_SIZE = 100
 MAX_WAIT_SECONDS = 60
 OFFLOAD_BYTES = 256 * 1024
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -33,8 +33,7 @@ def job_id_param(request: Request) -> str:
     """The `{id}` path parameter without its `.json` suffix; malformed ids are simply not found."""
     raw = str(request.path_params["id"]).removesuffix(".json")
     if not JOB_ID.fullmatch(raw):
-        shown = raw if len(raw) <= 64 else raw[:64] + "..."
-        raise RecordNotFound(f"no job status with id {shown!r}")
+        raise RecordNotFound.for_job(raw)
     return raw
 
 

@@ -20,6 +20,7 @@ from joblot.app import App, load_app
 from joblot.auth import is_loopback, mint_token
 from joblot.config import Settings
 from joblot.errors import ConfigError, SchemaOutOfDate
+from joblot.maintenance import Maintenance
 from joblot.service import Service
 from joblot.store import Store, TokenRow, open_store
 from joblot.worker import Worker
@@ -37,7 +38,7 @@ def configure_logging(level: str) -> None:
     )
 
 
-async def prepare_store(settings: Settings, migrate_if_empty: bool) -> Store:
+async def prepare_store(settings: Settings, *, migrate_if_empty: bool) -> Store:
     """Open the store and check its schema; an empty database is migrated when allowed."""
     store = open_store(settings.database_url, settings.pool_size)
     try:
@@ -234,8 +235,11 @@ def serve(settings: Settings) -> None:
         pool.stopping()
         await store.close()
 
+    # The API process takes its turn at the cluster-wide chores too, so a deployment
+    # without workers still purges expired jobs.
+    maintenance = Maintenance(service)
     config = uvicorn.Config(
-        create_app(service, on_close=on_close),
+        create_app(service, on_close=on_close, background=[maintenance.run]),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

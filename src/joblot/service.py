@@ -21,16 +21,33 @@ from joblot.errors import (
     TooManyItems,
     UnknownJobType,
 )
-from joblot.models import new_job_id
-from joblot.store import Claim, Finish, FinishedItem, JobRow, NewJob, Page, Store
+from joblot.models import MAX_JOB_TYPE_LENGTH, new_job_id
+from joblot.store import Claim, FinishedItem, FinishOutcome, JobRow, NewJob, Page, Store
 
-MAX_JOB_TYPE_LENGTH = 200
 MAX_ITEM_ID_LENGTH = 1000
 JOB_KEYS = frozenset({"job_type", "items"})
 
 
 def parse_submission(doc: Any, app: App, max_items: int) -> tuple[JobType, list[dict[str, Any]]]:
     """Check a decoded `{"job": {...}}` body; every problem is named in the error."""
+    job = _job_object(doc)
+    registered = _job_type(job.get("job_type"), app)
+    items = job.get("items")
+    if not isinstance(items, list):
+        raise RecordInvalid('"items" is required and must be a list of objects')
+    if not items:
+        raise RecordInvalid('"items" is empty: a job needs at least one item')
+    if len(items) > max_items:
+        raise TooManyItems(
+            f"a job may have at most {max_items} items; this one has "
+            f"{len(items)}: split it into several jobs"
+        )
+    for index, item in enumerate(items):
+        _check_item(index, item)
+    return registered, items
+
+
+def _job_object(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict) or set(doc) != {"job"}:
         raise RecordInvalid(
             'the body must be an object with one key, "job": '
@@ -45,7 +62,10 @@ def parse_submission(doc: Any, app: App, max_items: int) -> tuple[JobType, list[
             f"unknown field(s) in job: {', '.join(map(repr, unknown))}; "
             'a job has only "job_type" and "items"'
         )
-    job_type = job.get("job_type")
+    return job
+
+
+def _job_type(job_type: Any, app: App) -> JobType:
     if not isinstance(job_type, str) or not job_type:
         raise RecordInvalid('"job_type" is required and must be a non-empty string')
     if len(job_type) > MAX_JOB_TYPE_LENGTH:
@@ -56,19 +76,7 @@ def parse_submission(doc: Any, app: App, max_items: int) -> tuple[JobType, list[
             f"unknown job_type {job_type!r}; this server runs: "
             f"{', '.join(app.names()) or 'no job types'}"
         )
-    items = job.get("items")
-    if not isinstance(items, list):
-        raise RecordInvalid('"items" is required and must be a list of objects')
-    if not items:
-        raise RecordInvalid('"items" is empty: a job needs at least one item')
-    if len(items) > max_items:
-        raise TooManyItems(
-            f"a job may have at most {max_items} items; this one has "
-            f"{len(items)}: split it into several jobs"
-        )
-    for index, item in enumerate(items):
-        _check_item(index, item)
-    return registered, items
+    return registered
 
 
 def _check_item(index: int, item: Any) -> None:
@@ -159,16 +167,15 @@ class Service:
     ) -> tuple[JobRow, bool]:
         """Validate and store a job; a retry with the same key returns the same job."""
         if _item_count(doc) > OFFLOAD_ITEMS:  # keep the event loop answering other requests
-            job = await asyncio.to_thread(self.new_job, tenant, doc, idempotency_key)
+            job = await asyncio.to_thread(self._build, tenant, doc, idempotency_key)
         else:
-            job = self.new_job(tenant, doc, idempotency_key)
+            job = self._build(tenant, doc, idempotency_key)
         row, created = await self.store.submit_job(job)
         if not created:  # a replay answers with the job as it is now
             row = await self.get_job(tenant, row.id)
         return row, created
 
-    def new_job(self, tenant: str, doc: Any, idempotency_key: str | None) -> NewJob:
-        """The job a submission describes, validated and encoded, ready to store."""
+    def _build(self, tenant: str, doc: Any, idempotency_key: str | None) -> NewJob:
         return build_job(
             self.app,
             tenant,
@@ -183,7 +190,7 @@ class Service:
         """The job, or RecordNotFound."""
         row = await self.store.get_job(tenant, job_id, self.clock(), self.settings.inline_results)
         if row is None:
-            raise _not_found(job_id)
+            raise RecordNotFound.for_job(job_id)
         return row
 
     async def get_jobs(self, tenant: str, job_ids: list[str]) -> list[JobRow]:
@@ -197,48 +204,80 @@ class Service:
     ) -> Page[JobRow]:
         """A page of jobs: unfinished first, then finished ones, newest first."""
         return await self.store.list_jobs(
-            tenant, self.clock(), after, before, size, self.settings.inline_results
+            tenant,
+            now=self.clock(),
+            after=after,
+            before=before,
+            size=size,
+            inline=self.settings.inline_results,
         )
 
     async def list_results(
         self, tenant: str, job_id: str, after: int | None, before: int | None, size: int
     ) -> Page[tuple[int, bytes]]:
         """A page of a job's result entries by index, or RecordNotFound."""
-        page = await self.store.list_results(tenant, job_id, self.clock(), after, before, size)
+        page = await self.store.list_results(
+            tenant, job_id, now=self.clock(), after=after, before=before, size=size
+        )
         if page is None:
-            raise _not_found(job_id)
+            raise RecordNotFound.for_job(job_id)
         return page
 
     async def job_version(self, tenant: str, job_id: str) -> int:
         """The job's change counter, or RecordNotFound."""
         version = await self.store.job_version(tenant, job_id, self.clock())
         if version is None:
-            raise _not_found(job_id)
+            raise RecordNotFound.for_job(job_id)
         return version
 
     async def cancel_job(self, tenant: str, job_id: str) -> JobRow:
         """Stop a job; items not yet started never run."""
-        row = await self.store.stop_job(
-            tenant, job_id, None, self.clock(), self.settings.retention_seconds
+        stopped = await self.store.stop_job(
+            tenant,
+            job_id,
+            message=None,
+            now=self.clock(),
+            retention=self.settings.retention_seconds,
         )
-        if row is None:
-            raise _not_found(job_id)
+        if not stopped:
+            raise RecordNotFound.for_job(job_id)
         return await self.get_job(tenant, job_id)
 
-    # -- workers ----------------------------------------------------------------------------
+    async def find_token(self, digest: str) -> tuple[str, str] | None:
+        """(token id, tenant) of the live token with this digest."""
+        return await self.store.find_token(digest)
+
+    async def count_tokens(self) -> int:
+        """How many live tokens there are."""
+        return await self.store.count_tokens()
+
+    async def schema_version(self) -> tuple[int, int]:
+        """(applied, latest) migration numbers: answers only while the database does."""
+        return await self.store.schema_version()
+
+    # -- workers and maintenance ------------------------------------------------------------
 
     async def claim_items(self, worker_id: str, job_types: list[str], limit: int) -> Claim | None:
         """Lease a batch of items, round-robin across jobs."""
         return await self.store.claim_items(
-            worker_id, job_types, limit, self.clock(), self.settings.lease_seconds
+            worker_id,
+            job_types,
+            limit=limit,
+            now=self.clock(),
+            lease_seconds=self.settings.lease_seconds,
         )
 
     async def finish_items(
-        self, lease_id: int, items: list[FinishedItem], message: str | None, final: bool
-    ) -> Finish:
+        self, lease_id: int, items: list[FinishedItem], *, message: str | None, final: bool
+    ) -> FinishOutcome:
         """Record results under a lease; refused if the lease lapsed."""
         return await self.store.finish_items(
-            lease_id, items, message, final, self.clock(), self.settings.retention_seconds
+            lease_id,
+            items,
+            message=message,
+            final=final,
+            now=self.clock(),
+            retention=self.settings.retention_seconds,
         )
 
     async def abort_job(self, job_id: str, message: str) -> None:
@@ -246,7 +285,11 @@ class Service:
         # JobFinished: it finished (or was cancelled) meanwhile, so nothing is left to stop
         with contextlib.suppress(JobFinished):
             await self.store.stop_job(
-                None, job_id, message, self.clock(), self.settings.retention_seconds
+                None,
+                job_id,
+                message=message,
+                now=self.clock(),
+                retention=self.settings.retention_seconds,
             )
 
     async def renew_leases(self, lease_ids: list[int]) -> set[int]:
@@ -272,7 +315,8 @@ class Service:
         """Delete finished jobs past their retention."""
         return await self.store.purge_expired(self.clock())
 
-
-def _not_found(job_id: str) -> RecordNotFound:
-    shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
-    return RecordNotFound(f"no job status with id {shown!r}")
+    async def try_lead(self, chore: str, holder: str, seconds: float) -> bool:
+        """Take or keep the lead of a cluster-wide chore for `seconds`; False if another
+        process holds it."""
+        now = self.clock()
+        return await self.store.try_lead(chore, holder, now, now + seconds)

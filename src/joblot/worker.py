@@ -14,11 +14,10 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import orjson
-
 from joblot import codec
 from joblot.app import App, Context, ItemFailed, JobAborted, JobType
 from joblot.errors import JoblotError
+from joblot.maintenance import Maintenance
 from joblot.models import failure_entry, success_entry
 from joblot.service import Service
 from joblot.store import Claim, ClaimedItem, FinishedItem
@@ -27,7 +26,6 @@ log = logging.getLogger("joblot.worker")
 
 FLUSH_SECONDS = 0.1  # how often a running batch reports progress
 TARGET_BATCH_SECONDS = 0.5  # claim about this much work at a time, so small jobs get turns
-PURGE_SECONDS = 60.0
 
 
 def to_result(job_type: JobType, index: int, ident: dict[str, Any], returned: Any) -> FinishedItem:
@@ -69,11 +67,6 @@ def _ident(item: dict[str, Any]) -> dict[str, Any]:
     return {"id": item["id"]} if "id" in item else {}
 
 
-def _decode(payload: bytes) -> dict[str, Any]:
-    item = orjson.loads(payload)
-    return item if isinstance(item, dict) else {}
-
-
 def _describe(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ItemFailed):
         return exc.error, exc.details
@@ -104,7 +97,7 @@ class Batch:
 
     def begin(self, item: ClaimedItem) -> tuple[dict[str, Any], dict[str, Any], Context]:
         """What a handler gets for `item`, and the item's `id`, taken before it runs."""
-        payload = _decode(item.payload)
+        payload = codec.decode_item(item.payload)
         ctx = Context(self.claim.job_id, self.job_type.name, item.index, item.attempt)
         return payload, _ident(payload), ctx
 
@@ -150,10 +143,7 @@ class Worker:
         """Claim and run batches until `stop()`; then drain and hand back what never started."""
         helpers = [
             asyncio.create_task(self._every(self.settings.lease_seconds / 3, self._renew_leases)),
-            asyncio.create_task(
-                self._every(max(0.2, self.settings.lease_seconds / 2), self._requeue_expired)
-            ),
-            asyncio.create_task(self._every(PURGE_SECONDS, self._purge)),
+            asyncio.create_task(Maintenance(self.service).run()),
         ]
         running: set[asyncio.Task[None]] = set()
         try:
@@ -287,12 +277,14 @@ class Worker:
                 return
             await self._flush(batch, final=False)
 
-    async def _flush(self, batch: Batch, final: bool) -> None:
+    async def _flush(self, batch: Batch, *, final: bool) -> None:
         done, message = batch.take()
         if not done and message is None and not final:
             return
         try:
-            outcome = await self.service.finish_items(batch.claim.lease_id, done, message, final)
+            outcome = await self.service.finish_items(
+                batch.claim.lease_id, done, message=message, final=final
+            )
         except JoblotError as exc:
             log.warning(
                 "could not report %d results of job %s: %s",
@@ -310,7 +302,7 @@ class Worker:
                 len(done),
             )
             batch.stopped = True
-        elif outcome.job_status is not None and outcome.job_status.finished:
+        elif outcome.status is not None and outcome.status.finished:
             self._stop_batches_of(batch.claim.job_id)  # cancelled, aborted or over threshold
 
     async def _conclude(self, batch: Batch) -> None:
@@ -341,16 +333,6 @@ class Worker:
                     "lease %d of job %s was lost; stopping that batch", lease_id, batch.claim.job_id
                 )
                 batch.stopped = True
-
-    async def _requeue_expired(self) -> None:
-        count = await self.service.requeue_expired()
-        if count:
-            log.info("returned %d items of lapsed leases to the queue", count)
-
-    async def _purge(self) -> None:
-        count = await self.service.purge_expired()
-        if count:
-            log.info("purged %d jobs past their retention", count)
 
     async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:

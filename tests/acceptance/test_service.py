@@ -151,7 +151,9 @@ def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
     entries = server.all_results(job["id"])
     assert sorted(e["index"] for e in entries) == list(range(3000))
     assert all(e["success"] and e["id"] == e["index"] for e in entries)
-    assert "of lapsed leases to the queue" in (tmp_path / "second.log").read_text()
+    # whichever process led the cluster's maintenance (serve or the second worker) requeued
+    logs = (tmp_path / "second.log").read_text() + server.log.read_text()
+    assert "of lapsed leases to the queue" in logs
 
 
 def test_a_small_job_finishes_promptly_while_a_big_one_runs(start_server: Any) -> None:
@@ -219,7 +221,7 @@ def test_status_changes_stream_as_server_sent_events(start_server: Any) -> None:
     server = start_server(workers=1)
     job = server.submit("demo.sleep", [{"id": i, "seconds": 0.1} for i in range(20)])
     seen: list[dict[str, Any]] = []
-    first_at = None
+    first_at: float | None = None
     with server.http.stream("GET", f"/api/v2/job_statuses/{job['id']}/events") as response:
         assert response.status_code == 200
         for line in response.iter_lines():
@@ -228,5 +230,7 @@ def test_status_changes_stream_as_server_sent_events(start_server: Any) -> None:
                 first_at = first_at or time.monotonic()
     ended_at = time.monotonic()
     assert seen[0]["status"] in ("queued", "working") and seen[-1]["status"] == "completed"
-    assert ended_at - first_at > 0.2, "events arrive as the job runs, not all at the end"
+    assert first_at is not None and ended_at - first_at > 0.2, (
+        "events arrive as the job runs, not all at the end"
+    )
     assert [s["progress"] or 0 for s in seen] == sorted(s["progress"] or 0 for s in seen)

@@ -20,12 +20,27 @@ from joblot.store import open_store
 from joblot.worker import Worker
 
 
+class SteppedClock:
+    """`time.monotonic()` plus however far a test stepped it forward (instead of sleeping)."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass at once."""
+        self.skipped += seconds
+
+
 class Harness:
     """A service on a fresh SQLite file, its HTTP app, and workers started on demand."""
 
-    def __init__(self, service: Service, http: httpx.AsyncClient) -> None:
+    def __init__(self, service: Service, http: httpx.AsyncClient, clock: SteppedClock) -> None:
         self.service = service
         self.http = http
+        self.clock = clock  # the API's auth clock: token caches and rate limits
         self.workers: list[tuple[Worker, asyncio.Task[None]]] = []
 
     def start_worker(self) -> None:
@@ -55,9 +70,10 @@ async def harness(tmp_path: Path, app: App = demo_app, **settings: Any) -> Async
     store = open_store(config.database_url)
     await store.migrate()
     service = Service(store, app, config)
-    transport = httpx.ASGITransport(app=create_app(service))
+    clock = SteppedClock()
+    transport = httpx.ASGITransport(app=create_app(service, auth_clock=clock))
     async with httpx.AsyncClient(transport=transport, base_url="http://joblot.test") as http:
-        h = Harness(service, http)
+        h = Harness(service, http, clock)
         try:
             yield h
         finally:

@@ -43,7 +43,7 @@ async def test_without_tokens_a_loopback_server_is_open_to_the_default_tenant(
     async with harness(tmp_path) as h:
         assert (await h.http.post("/api/v2/jobs", json=JOB)).status_code == 202
         _, token = await _token(h, "default")
-        await asyncio.sleep(2.1)  # the count of live tokens is cached for 2 s
+        h.clock.advance(2.1)  # the count of live tokens is cached for 2 s
         refused = await h.http.get("/api/v2/job_statuses")
         assert refused.status_code == 401
         listed = await h.http.get("/api/v2/job_statuses", headers=_bearer(token))
@@ -103,6 +103,8 @@ async def test_bearer_and_zendesk_basic_tokens_act_for_their_tenant(tmp_path: Pa
         assert many.json()["job_statuses"] == []
         listed = await h.http.get("/api/v2/job_statuses", headers=_bearer(globex))
         assert listed.json()["job_statuses"] == []
+        events = await h.http.get(f"/api/v2/job_statuses/{job_id}/events", headers=_bearer(globex))
+        assert events.status_code == 404
         same_key = {**_bearer(globex), "Idempotency-Key": "k"}
         first = await h.http.post(
             "/api/v2/jobs", json=JOB, headers={**_bearer(acme), "Idempotency-Key": "k"}
@@ -117,7 +119,7 @@ async def test_a_revoked_token_stops_working(tmp_path: Path) -> None:
         assert (await h.http.get("/api/v2/job_statuses", headers=_bearer(token))).status_code == 200
         assert await h.service.store.revoke_token(token_id, time.time())
         assert not await h.service.store.revoke_token(token_id, time.time())
-        await asyncio.sleep(2.1)  # tokens are cached for 2 s
+        h.clock.advance(2.1)  # tokens are cached for 2 s
         assert (await h.http.get("/api/v2/job_statuses", headers=_bearer(token))).status_code == 401
 
 
@@ -157,3 +159,27 @@ async def test_a_token_over_its_rate_gets_429_with_retry_after(tmp_path: Path) -
         assert int(limited.headers["Retry-After"]) >= 1
         fine = await h.http.get("/api/v2/job_statuses", headers=_bearer(globex))
         assert fine.status_code == 200, "each token has its own budget"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v2/job_statuses?page[size]=0"),  # a bad page size
+        ("GET", "/api/v2/job_statuses?page[after]=not-a-cursor"),
+        ("GET", "/api/v2/job_statuses/show_many"),  # ids missing
+        ("GET", "/api/v2/job_statuses/show_many?ids=" + ",".join(["a"] * 101)),
+        ("GET", "/api/v2/job_statuses/not-an-id"),  # malformed id: a 404 otherwise
+        ("GET", "/api/v2/job_statuses/not-an-id/results?page[size]=x"),
+        ("GET", "/api/v2/job_statuses/not-an-id/events"),
+        ("POST", "/api/v2/job_statuses/not-an-id/cancel"),
+        ("POST", "/api/v2/jobs"),  # no body at all
+    ],
+)
+async def test_a_malformed_request_without_credentials_gets_401_first(
+    tmp_path: Path, method: str, path: str
+) -> None:
+    async with harness(tmp_path) as h:
+        await _token(h, "acme")
+        response = await h.http.request(method, path, headers={"Content-Type": "text/plain"})
+        assert response.status_code == 401, response.text
+        assert response.json()["error"] == "Couldn't authenticate you"

@@ -12,16 +12,12 @@ import orjson
 import psycopg
 import pytest
 
-from joblot.auth import DEFAULT_TENANT
 from joblot.demo import make_demo_app
 from joblot.errors import Unavailable, UnknownJobType
-from joblot.models import Status
+from joblot.models import DEFAULT_TENANT, Status
 from joblot.store import FinishedItem, open_store
-from joblot.store.postgres import (
-    PostgresStore,
-    submit_job_in_transaction,
-    submit_job_in_transaction_sync,
-)
+from joblot.store.postgres import PostgresStore
+from joblot.transactional import submit_job_in_transaction, submit_job_in_transaction_sync
 
 from .conftest import fresh_schema
 
@@ -65,7 +61,9 @@ async def test_job_submitted_in_a_committed_transaction_exists(
     stored = await pg_store.get_job(DEFAULT_TENANT, row.id, time.time(), 10)
     assert stored is not None
     assert (stored.status, stored.total) == (Status.QUEUED, 2)
-    claimed = await pg_store.claim_items("w", ["demo.echo"], 10, time.time(), 30.0)
+    claimed = await pg_store.claim_items(
+        "w", ["demo.echo"], limit=10, now=time.time(), lease_seconds=30.0
+    )
     assert claimed is not None
     assert [orjson.loads(i.payload) for i in claimed.items] == [{"id": 1}, {"id": 2}]
 
@@ -86,7 +84,12 @@ async def test_job_submitted_in_a_rolled_back_transaction_never_exists(
         with pytest.raises(_CallerFailed) as failed:
             await submit_then_fail(conn)
     assert await pg_store.get_job(DEFAULT_TENANT, failed.value.args[0], time.time(), 10) is None
-    assert await pg_store.claim_items("w", ["demo.echo"], 10, time.time(), 30.0) is None
+    assert (
+        await pg_store.claim_items(
+            "w", ["demo.echo"], limit=10, now=time.time(), lease_seconds=30.0
+        )
+        is None
+    )
 
 
 async def test_blocking_connections_submit_in_their_transaction_too(
@@ -110,7 +113,12 @@ async def test_transactional_submit_validates_and_needs_a_transaction(
         async with conn.transaction():
             with pytest.raises(UnknownJobType):
                 await submit_job_in_transaction(conn, APP, "no.such.type", [{"id": 1}])
-    assert await pg_store.claim_items("w", ["demo.echo"], 10, time.time(), 30.0) is None
+    assert (
+        await pg_store.claim_items(
+            "w", ["demo.echo"], limit=10, now=time.time(), lease_seconds=30.0
+        )
+        is None
+    )
 
 
 async def test_requeued_items_wake_waiting_workers(pg_store: PostgresStore, pg_url: str) -> None:
@@ -120,7 +128,10 @@ async def test_requeued_items_wake_waiting_workers(pg_store: PostgresStore, pg_u
         async with await psycopg.AsyncConnection.connect(pg_url) as conn:
             await submit_job_in_transaction(conn, APP, "demo.echo", [{"id": 1}])
             await conn.commit()
-        assert await other.claim_items("w", ["demo.echo"], 10, now, 1.0) is not None
+        assert (
+            await other.claim_items("w", ["demo.echo"], limit=10, now=now, lease_seconds=1.0)
+            is not None
+        )
         assert await pg_store.listening(5.0)
         waiting = asyncio.create_task(pg_store.wait_for_work(30.0))
         await asyncio.sleep(0.05)
@@ -136,7 +147,9 @@ async def test_an_unreachable_database_answers_unavailable() -> None:
         with pytest.raises(Unavailable, match="retry"):
             await store.get_job("", "x", time.time(), 10)
         with pytest.raises(Unavailable):
-            await store.claim_items("w", ["demo.echo"], 10, time.time(), 30.0)
+            await store.claim_items(
+                "w", ["demo.echo"], limit=10, now=time.time(), lease_seconds=30.0
+            )
         started = time.monotonic()
         await store.wait_for_work(0.1)  # no listener: degrades to a plain timeout
         assert time.monotonic() - started < 5.0
@@ -152,7 +165,9 @@ async def _work_until_done(store: PostgresStore, job_id: str, name: str) -> int:
     recorded = 0
     while True:
         await store.requeue_expired(time.time(), 1000, 60.0)
-        claim = await store.claim_items(name, ["demo.echo"], 5, time.time(), RACE_LEASE)
+        claim = await store.claim_items(
+            name, ["demo.echo"], limit=5, now=time.time(), lease_seconds=RACE_LEASE
+        )
         if claim is None:
             row = await store.get_job(DEFAULT_TENANT, job_id, time.time(), 0)
             if row is not None and row.status.finished:
@@ -161,7 +176,9 @@ async def _work_until_done(store: PostgresStore, job_id: str, name: str) -> int:
             continue
         await asyncio.sleep(random.uniform(0, RACE_LEASE * 1.25))  # one in five is too late
         items = [FinishedItem(i.index, True, orjson.dumps({"index": i.index})) for i in claim.items]
-        outcome = await store.finish_items(claim.lease_id, items, None, True, time.time(), 60.0)
+        outcome = await store.finish_items(
+            claim.lease_id, items, message=None, final=True, now=time.time(), retention=60.0
+        )
         recorded += len(items) if outcome.accepted else 0
 
 

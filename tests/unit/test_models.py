@@ -16,7 +16,7 @@ from joblot.models import (
     after_finish,
     after_requeue,
     after_stop,
-    can_transition,
+    check_transition,
     completion_message,
     failure_entry,
     new_job_id,
@@ -74,13 +74,17 @@ def test_job_status_rejects_unknown_keys_and_statuses() -> None:
         JobStatus.model_validate({**fields, "status": "running"})
 
 
-def test_only_the_documented_transitions_are_allowed() -> None:
-    assert can_transition(Status.QUEUED, Status.WORKING)
-    assert can_transition(Status.WORKING, Status.COMPLETED)
-    assert can_transition(Status.QUEUED, Status.FAILED)
-    assert not can_transition(Status.COMPLETED, Status.WORKING)
-    assert not can_transition(Status.FAILED, Status.COMPLETED)
-    assert not can_transition(Status.QUEUED, Status.COMPLETED)
+def test_saving_a_move_the_lifecycle_forbids_raises() -> None:
+    check_transition(Status.QUEUED, Status.QUEUED)  # staying put is always allowed
+    check_transition(Status.QUEUED, Status.WORKING)
+    check_transition(Status.WORKING, Status.COMPLETED)
+    for old, new in [
+        (Status.COMPLETED, Status.WORKING),
+        (Status.FAILED, Status.COMPLETED),
+        (Status.QUEUED, Status.COMPLETED),
+    ]:
+        with pytest.raises(ValueError, match="cannot go from"):
+            check_transition(old, new)
 
 
 def test_job_ids_are_32_hex_and_ordered_by_creation_time() -> None:

@@ -15,9 +15,21 @@ from hypothesis import strategies as st
 from joblot.app import JobType
 from joblot.auth import credential, digest
 from joblot.errors import InvalidParameter
-from joblot.models import ResultEntry, failure_entry, new_job_id, success_entry
+from joblot.models import (
+    TRANSITIONS,
+    JobState,
+    ResultEntry,
+    Status,
+    after_claim,
+    after_finish,
+    after_requeue,
+    after_stop,
+    failure_entry,
+    new_job_id,
+    success_entry,
+)
 from joblot.params import JOB_ID, LIST_KEY, decode_cursor, encode_cursor
-from joblot.store import finished_prefix, unfinished_list_key
+from joblot.store.common import finished_prefix, unfinished_list_key
 from joblot.worker import to_result
 
 PROPERTY = settings(max_examples=200, derandomize=True, deadline=None)
@@ -296,3 +308,41 @@ def test_a_token_comes_back_from_bearer_and_from_zendesk_basic(token: str, email
     assert credential(f"Bearer {token}") == token
     assert credential(f"bearer   {token}  ") == token
     assert credential(_basic(f"{email}/token:{token}".encode())) == token
+
+
+# -- lifecycle rules ------------------------------------------------------------------------
+
+events = st.lists(
+    st.tuples(st.sampled_from(["claim", "finish", "requeue", "stop", "abort"]), st.integers(0, 5)),
+    max_size=40,
+)
+
+
+def _apply(state: JobState, event: str, n: int, claimed: int) -> tuple[JobState, int]:
+    """One event a store could apply to a job with `claimed` items out under leases."""
+    if event == "claim":
+        n = min(n, state.pending)
+        return (after_claim(state, n), claimed + n) if n else (state, claimed)
+    if event == "finish":
+        done = min(n, claimed)
+        return after_finish(state, done, done // 2, None, 1.0), claimed - done
+    if event == "requeue":
+        back = min(n, claimed)
+        return after_requeue(state, back), claimed - back
+    if state.status.finished:  # stopping a finished job is refused (JobFinished)
+        return state, claimed
+    return after_stop(state, None if event == "stop" else "Aborted"), claimed
+
+
+@PROPERTY
+@given(st.integers(1, 12), st.none() | st.integers(0, 3), events)
+def test_the_rules_only_ever_make_the_moves_the_lifecycle_allows(
+    total: int, max_failures: int | None, happenings: list[tuple[str, int]]
+) -> None:
+    state = JobState(Status.QUEUED, total, 0, 0, total, None, False, max_failures)
+    claimed = 0
+    for event, n in happenings:
+        new, claimed = _apply(state, event, n, claimed)
+        assert new.status is state.status or new.status in TRANSITIONS[state.status]
+        assert new.progress + new.pending + claimed + new.skipped == total
+        state = new

@@ -1,13 +1,24 @@
-"""The storage seam: one narrow Protocol that every backend implements the same way."""
+"""The storage seam: the rows it speaks in and one narrow Protocol that every backend implements.
+
+The backends live in `store/sqlite/` and `store/postgres/`, cut the same way: `connection.py`
+(plumbing and migrations), `clients.py` (what API clients do: submit, read, cancel, tokens),
+`work.py` (what workers do: claim, finish, renew, release), `maintenance.py` (cluster-wide
+chores: requeue, purge, leadership) and, for PostgreSQL, `notify.py`. What both share is in
+`store/common.py`. Nothing under `joblot.store` imports the layers above it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from joblot.models import JobState, Status
+from joblot.errors import ConfigError
+from joblot.models import Status
 
 T = TypeVar("T")
+
+SQLITE_PREFIX = "sqlite:///"
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True)
@@ -80,11 +91,11 @@ class FinishedItem:
 
 
 @dataclass(frozen=True)
-class Finish:
+class FinishOutcome:
     """What the store answered to a batch of results."""
 
     accepted: bool  # False: the lease had lapsed or was revoked; nothing was recorded
-    job_status: Status | None = None
+    status: Status | None = None  # the job's status after the batch, when accepted
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,11 @@ class Page(Generic[T]):
 
 
 class Store(Protocol):
-    """Every operation the service needs from a database; SQL lives beside each backend."""
+    """Every operation the service needs from a database; SQL lives beside each backend.
+
+    Time is always a parameter (`now`): the service owns the clock, so the rules can be
+    tested at any instant without sleeping.
+    """
 
     async def migrate(self) -> list[int]:
         """Apply the missing numbered migrations; return the numbers applied."""
@@ -118,6 +133,7 @@ class Store(Protocol):
     async def list_jobs(
         self,
         tenant: str,
+        *,
         now: float,
         after: str | None,
         before: str | None,
@@ -127,7 +143,14 @@ class Store(Protocol):
         """Jobs ordered by `list_key`, after or before a key, small ones with results inline."""
 
     async def list_results(
-        self, tenant: str, job_id: str, now: float, after: int | None, before: int | None, size: int
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        now: float,
+        after: int | None,
+        before: int | None,
+        size: int,
     ) -> Page[tuple[int, bytes]] | None:
         """Result entries of a job by index, after or before an index; None if no such job."""
 
@@ -135,12 +158,16 @@ class Store(Protocol):
         """The job's version counter (bumped by every visible change), or None."""
 
     async def stop_job(
-        self, tenant: str | None, job_id: str, message: str | None, now: float, retention: float
-    ) -> JobRow | None:
-        """Fail an unfinished job: unclaimed items are skipped; message None means a cancel."""
+        self, tenant: str | None, job_id: str, *, message: str | None, now: float, retention: float
+    ) -> bool:
+        """Fail an unfinished job: unclaimed items are skipped; message None means a cancel.
+
+        `tenant` None is a worker stopping a job it runs (any tenant). False when there is no
+        such job; JobFinished when it already finished.
+        """
 
     async def claim_items(
-        self, worker_id: str, job_types: list[str], limit: int, now: float, lease_seconds: float
+        self, worker_id: str, job_types: list[str], *, limit: int, now: float, lease_seconds: float
     ) -> Claim | None:
         """Lease up to `limit` items of the least recently served runnable job."""
 
@@ -148,11 +175,12 @@ class Store(Protocol):
         self,
         lease_id: int,
         items: list[FinishedItem],
+        *,
         message: str | None,
         final: bool,
         now: float,
         retention: float,
-    ) -> Finish:
+    ) -> FinishOutcome:
         """Record results under a lease, unless it lapsed; `final` releases the lease."""
 
     async def renew_leases(self, lease_ids: list[int], now: float, until: float) -> set[int]:
@@ -166,6 +194,10 @@ class Store(Protocol):
 
     async def purge_expired(self, now: float) -> int:
         """Delete jobs whose retention has passed; return how many."""
+
+    async def try_lead(self, chore: str, holder: str, now: float, until: float) -> bool:
+        """Take or keep the lead of a cluster-wide chore until `until`; False if another
+        holder's lead has not lapsed yet."""
 
     async def create_token(self, token_id: str, tenant: str, digest: str, now: float) -> None:
         """Store a new token's digest."""
@@ -189,129 +221,30 @@ class Store(Protocol):
         """Release connections and threads."""
 
 
+def backend_for(database_url: str) -> str | None:
+    """`sqlite` or `postgres`: the backend a database URL names, or None for neither."""
+    if database_url.startswith(SQLITE_PREFIX):
+        return "sqlite"
+    if database_url.startswith(POSTGRES_PREFIXES):
+        return "postgres"
+    return None
+
+
 def open_store(database_url: str, pool_size: int = 10) -> Store:
-    """The backend for `database_url`; `pool_size` bounds a PostgreSQL store's connections."""
-    if database_url.startswith("sqlite:///"):
+    """The backend for `database_url`; `pool_size` bounds a PostgreSQL store's connections.
+
+    Backends are imported here, when chosen, so psycopg is loaded only by PostgreSQL users.
+    """
+    backend = backend_for(database_url)
+    if backend == "sqlite":
         from joblot.store.sqlite import SQLiteStore
 
-        return SQLiteStore(database_url.removeprefix("sqlite:///"))
-    if database_url.startswith(("postgresql://", "postgres://")):
-        from joblot.store.postgres import PostgresStore  # psycopg is imported only when used
+        return SQLiteStore(database_url.removeprefix(SQLITE_PREFIX))
+    if backend == "postgres":
+        from joblot.store.postgres import PostgresStore
 
         return PostgresStore(database_url, max_size=pool_size)
-    from joblot.errors import ConfigError
-
     raise ConfigError(
-        f"no storage backend for {database_url!r}; "
+        f"unsupported database URL {database_url!r}: "
         "use sqlite:///path/to/file.db or postgresql://user@host/db"
     )
-
-
-_KEY_BASE = 10**16  # microseconds; inverted so that newer sorts first, good until year 2286
-
-
-def _inverted_micros(t: float) -> str:
-    return f"{_KEY_BASE - int(t * 1_000_000):016d}"
-
-
-def unfinished_list_key(created_at: float, job_id: str) -> str:
-    """Listing key of an unfinished job: these come first, newest first."""
-    return f"0{_inverted_micros(created_at)}{job_id}"
-
-
-def finished_prefix(finished_at: float) -> str:
-    """Prefix that replaces the leading `0` of a key once a job finishes at `finished_at`."""
-    return f"1{_inverted_micros(finished_at)}"
-
-
-def job_params(job: NewJob) -> dict[str, Any]:
-    """The parameters of `submit_job.insert_job` for `job`."""
-    return {
-        "id": job.id,
-        "tenant": job.tenant,
-        "job_type": job.job_type,
-        "action": job.action,
-        "total": len(job.payloads),
-        "max_failures": job.max_failures,
-        "idempotency_key": job.idempotency_key,
-        "request_hash": job.request_hash,
-        "created_at": job.created_at,
-        "list_key": unfinished_list_key(job.created_at, job.id),
-    }
-
-
-def queued_row(job: NewJob) -> JobRow:
-    """The row of `job` as it was just inserted."""
-    total = len(job.payloads)
-    list_key = unfinished_list_key(job.created_at, job.id)
-    return JobRow(job.id, job.job_type, Status.QUEUED, total, 0, None, 1, None, list_key)
-
-
-def state_params(
-    job_id: str,
-    old: JobState,
-    new: JobState,
-    now: float,
-    retention: float,
-    claimed_at: float | None,
-) -> dict[str, Any]:
-    """The parameters of `job_state.save`: what the rules decided, and whether the change is
-    visible (bumping the version, hence the ETag) and finishes the job (stamping its purge
-    time and its place among finished jobs)."""
-    return {
-        "id": job_id,
-        "status": new.status.value,
-        "progress": new.progress,
-        "failures": new.failures,
-        "pending": new.pending,
-        "message": new.message,
-        "message_set": new.message_set,
-        "skipped": new.skipped,
-        "cancelled": new.cancelled,
-        "bump": int(
-            (new.status, new.progress, new.message) != (old.status, old.progress, old.message)
-        ),
-        "claimed_at": claimed_at,
-        "finished": new.status.finished and not old.status.finished,
-        "now": now,
-        "retention": retention,
-        "finished_prefix": finished_prefix(now),
-    }
-
-
-def job_state(row: tuple[Any, ...]) -> JobState:
-    """A JobState from the columns of `job_state.select` (flags as booleans or 0/1)."""
-    status, total, progress, failures, pending, message, message_set, max_failures = row[:8]
-    skipped, cancelled = row[8:]
-    return JobState(
-        Status(status),
-        total,
-        progress,
-        failures,
-        pending,
-        message,
-        bool(message_set),
-        max_failures,
-        skipped,
-        bool(cancelled),
-    )
-
-
-K = TypeVar("K")
-
-
-def keyset_query(operation: str, after: K | None, before: K | None, start: K) -> tuple[str, K]:
-    """The named query and key of one page: `<operation>.before` going back from `before`,
-    else `<operation>.after` going on from `after` (from `start` when neither is given)."""
-    if before is not None:
-        return f"{operation}.before", before
-    return f"{operation}.after", start if after is None else after
-
-
-def keyset_page(rows: list[T], size: int, backwards: bool) -> tuple[list[T], bool]:
-    """A page from `size + 1` fetched rows: the first `size`, in ascending key order, and
-    whether there were more (the extra row)."""
-    page = rows[:size]
-    if backwards:  # `.before` queries read in descending order
-        page.reverse()
-    return page, len(rows) > size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -20,6 +21,12 @@ def load_queries(backend: str) -> dict[str, str]:
             raise ValueError(f"query {name!r} is defined twice in {backend}/queries.sql")
         queries[name] = body.strip()
     return queries
+
+
+@functools.cache
+def queries(backend: str) -> dict[str, str]:
+    """The named SQL blocks of a backend (`sqlite` or `postgres`), read once per process."""
+    return load_queries(backend)
 
 
 @dataclass(frozen=True)

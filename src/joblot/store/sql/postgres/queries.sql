@@ -5,8 +5,8 @@
 --
 -- Lock order, followed by every write so that no two of them can deadlock:
 --   items of a lease (in index order) -> the job row -> lease rows (in id order).
--- A claim locks the job row first but only ever skips locked items, so it never waits
--- while holding it. Every lease deletion happens while the job row is held.
+-- A claim locks the job row last, only to count the claim, after it leased its items with
+-- SKIP LOCKED. Every lease deletion happens while the job row is held.
 
 -- name: migrations.lock
 -- Differs by necessity from SQLite, whose single writer is the lock: several nodes may run
@@ -302,8 +302,21 @@ DELETE FROM results WHERE job_id = %(id)s AND idx IN (
     SELECT idx FROM results WHERE job_id = %(id)s LIMIT 5000
 );
 
+-- name: purge_expired.leases
+-- A lease can outlive its job's retention (workers offline for longer); it goes too.
+DELETE FROM leases WHERE job_id = %(id)s;
+
 -- name: purge_expired.job
 DELETE FROM jobs WHERE id = %(id)s;
+
+-- name: maintenance.lead
+-- Take the lead of a chore, or keep it: only a lead that has lapsed changes hands, so one
+-- process at a time requeues and purges for every node sharing the database. Two nodes
+-- inserting the first lead at once meet on the primary key; the loser gets no row.
+INSERT INTO leaders (chore, holder, expires_at) VALUES (%(chore)s, %(holder)s, %(until)s)
+ON CONFLICT (chore) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE leaders.holder = excluded.holder OR leaders.expires_at < %(now)s
+RETURNING holder;
 
 -- name: tokens.create
 INSERT INTO tokens (id, tenant, digest, created_at) VALUES (%(id)s, %(tenant)s, %(digest)s, %(now)s);

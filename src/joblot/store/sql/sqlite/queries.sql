@@ -8,6 +8,9 @@ CREATE TABLE IF NOT EXISTS joblot_migrations (
     applied_at REAL NOT NULL
 );
 
+-- name: migrations.exists
+SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'joblot_migrations';
+
 -- name: migrations.applied
 SELECT version FROM joblot_migrations ORDER BY version;
 
@@ -163,6 +166,14 @@ DELETE FROM jobs WHERE id = :id;
 -- name: purge_expired.leases
 -- A lease can outlive its job's retention (workers offline for longer); it goes too.
 DELETE FROM leases WHERE job_id = :id;
+
+-- name: maintenance.lead
+-- Take the lead of a chore, or keep it: only a lead that has lapsed changes hands, so one
+-- process at a time requeues and purges for everyone sharing the database.
+INSERT INTO leaders (chore, holder, expires_at) VALUES (:chore, :holder, :until)
+ON CONFLICT (chore) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE leaders.holder = excluded.holder OR leaders.expires_at < :now
+RETURNING holder;
 
 -- name: submit_job.count_active
 -- The per-tenant quota of queued or working jobs; unfinished jobs are the ones whose

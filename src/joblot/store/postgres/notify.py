@@ -1,4 +1,4 @@
-"""LISTEN/NOTIFY for PostgreSQL workers: one kept-open connection per store wakes idle waiters."""
+"""PostgreSQL: LISTEN/NOTIFY, one kept-open connection per store that wakes idle waiters."""
 
 from __future__ import annotations
 

@@ -1,0 +1,197 @@
+"""What both backends share: row and parameter shapes, listing keys, pages, and error texts."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from joblot import codec
+from joblot.errors import IdempotencyKeyReused, JobFinished, TooManyJobs
+from joblot.models import JobState, Status, check_transition, failure_entry
+from joblot.store import FinishedItem, JobRow, NewJob
+
+T = TypeVar("T")
+K = TypeVar("K")
+
+# A lease handed back by a cleanly stopping worker spends no attempt, so no item of it can
+# run out of attempts: the requeue of a release uses this as its attempt limit.
+NO_ATTEMPT_LIMIT = 1 << 30
+
+
+class Refused(Exception):
+    """Rolls back a transaction whose lease is no longer held as it must be."""
+
+
+# -- listing order ------------------------------------------------------------------------------
+
+_KEY_BASE = 10**16  # microseconds; inverted so that newer sorts first, good until year 2286
+
+
+def _inverted_micros(t: float) -> str:
+    return f"{_KEY_BASE - int(t * 1_000_000):016d}"
+
+
+def unfinished_list_key(created_at: float, job_id: str) -> str:
+    """Listing key of an unfinished job: these come first, newest first."""
+    return f"0{_inverted_micros(created_at)}{job_id}"
+
+
+def finished_prefix(finished_at: float) -> str:
+    """Prefix that replaces the leading `0` of a key once a job finishes at `finished_at`."""
+    return f"1{_inverted_micros(finished_at)}"
+
+
+# -- rows and parameters ------------------------------------------------------------------------
+
+
+def job_params(job: NewJob) -> dict[str, Any]:
+    """The parameters of `submit_job.insert_job` for `job`."""
+    return {
+        "id": job.id,
+        "tenant": job.tenant,
+        "job_type": job.job_type,
+        "action": job.action,
+        "total": len(job.payloads),
+        "max_failures": job.max_failures,
+        "idempotency_key": job.idempotency_key,
+        "request_hash": job.request_hash,
+        "created_at": job.created_at,
+        "list_key": unfinished_list_key(job.created_at, job.id),
+    }
+
+
+def queued_row(job: NewJob) -> JobRow:
+    """The row of `job` as it was just inserted."""
+    return JobRow(
+        id=job.id,
+        job_type=job.job_type,
+        status=Status.QUEUED,
+        total=len(job.payloads),
+        progress=0,
+        message=None,
+        version=1,
+        results=None,
+        list_key=unfinished_list_key(job.created_at, job.id),
+    )
+
+
+def job_row(row: tuple[Any, ...], results: list[bytes] | None) -> JobRow:
+    """A JobRow from the first eight columns of `get_job.select` and its inline results."""
+    id_, job_type, status, total, progress, message, version, list_key = row[:8]
+    return JobRow(
+        id=id_,
+        job_type=job_type,
+        status=Status(status),
+        total=total,
+        progress=progress,
+        message=message,
+        version=version,
+        results=results,
+        list_key=list_key,
+    )
+
+
+def state_from_row(row: tuple[Any, ...]) -> JobState:
+    """A JobState from the columns of `job_state.select` (flags as booleans or 0/1)."""
+    status, total, progress, failures, pending, message, message_set, max_failures = row[:8]
+    skipped, cancelled = row[8:]
+    return JobState(
+        status=Status(status),
+        total=total,
+        progress=progress,
+        failures=failures,
+        pending=pending,
+        message=message,
+        message_set=bool(message_set),
+        max_failures=max_failures,
+        skipped=skipped,
+        cancelled=bool(cancelled),
+    )
+
+
+def state_params(
+    job_id: str,
+    old: JobState,
+    new: JobState,
+    *,
+    now: float,
+    retention: float,
+    claimed_at: float | None = None,
+) -> dict[str, Any]:
+    """The parameters of `job_state.save`: what the rules decided, and whether the change is
+    visible (bumping the version, hence the ETag) and finishes the job (stamping its purge
+    time and its place among finished jobs)."""
+    check_transition(old.status, new.status)
+    return {
+        "id": job_id,
+        "status": new.status.value,
+        "progress": new.progress,
+        "failures": new.failures,
+        "pending": new.pending,
+        "message": new.message,
+        "message_set": new.message_set,
+        "skipped": new.skipped,
+        "cancelled": new.cancelled,
+        "bump": int(
+            (new.status, new.progress, new.message) != (old.status, old.progress, old.message)
+        ),
+        "claimed_at": claimed_at,
+        "finished": new.status.finished and not old.status.finished,
+        "now": now,
+        "retention": retention,
+        "finished_prefix": finished_prefix(now),
+    }
+
+
+def worker_lost(index: int, payload: bytes, action: str | None, attempts: int) -> FinishedItem:
+    """The failed result of an item whose worker vanished `attempts` times."""
+    details = (
+        f"the item's worker stopped responding {attempts} times (its lease expired); giving up"
+    )
+    entry = failure_entry(index, codec.decode_item(payload), action, "WorkerLost", details)
+    return FinishedItem(index, False, codec.dumps(entry))
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+
+def keyset_query(operation: str, after: K | None, before: K | None, start: K) -> tuple[str, K]:
+    """The named query and key of one page: `<operation>.before` going back from `before`,
+    else `<operation>.after` going on from `after` (from `start` when neither is given)."""
+    if before is not None:
+        return f"{operation}.before", before
+    return f"{operation}.after", start if after is None else after
+
+
+def keyset_page(rows: list[T], size: int, *, backwards: bool) -> tuple[list[T], bool]:
+    """A page from `size + 1` fetched rows: the first `size`, in ascending key order, and
+    whether there were more (the extra row)."""
+    page = rows[:size]
+    if backwards:  # `.before` queries read in descending order
+        page.reverse()
+    return page, len(rows) > size
+
+
+# -- errors both backends raise -----------------------------------------------------------------
+
+
+def too_many_jobs(active: int) -> TooManyJobs:
+    """The tenant is at its quota of unfinished jobs."""
+    return TooManyJobs(
+        f"this tenant already has {active} queued or working jobs, the most allowed; "
+        "wait for some to finish",
+        retry_after=5,
+    )
+
+
+def idempotency_key_reused() -> IdempotencyKeyReused:
+    """A known Idempotency-Key came with a different request."""
+    return IdempotencyKeyReused(
+        "this Idempotency-Key was already used for a different request; use a new key for a new job"
+    )
+
+
+def job_finished(job_id: str, status: Status) -> JobFinished:
+    """A finished job cannot be stopped."""
+    return JobFinished(
+        f"job {job_id} is already {status.value}; only queued or working jobs can be stopped"
+    )

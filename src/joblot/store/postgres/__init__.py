@@ -1,0 +1,199 @@
+"""The PostgreSQL backend: API nodes and worker processes on many machines share one database.
+
+`PostgresStore` is the Store; each of its methods runs one function of `clients`, `work` or
+`maintenance` on a connection of its `Pool`. Idle workers are woken by `notify`.
+"""
+
+from __future__ import annotations
+
+from joblot.store import Claim, FinishedItem, FinishOutcome, JobRow, NewJob, Page, TokenRow
+from joblot.store.postgres import clients, connection, maintenance, work
+from joblot.store.postgres.connection import SQL, WAIT_SECONDS, Pool
+from joblot.store.postgres.notify import WorkListener
+
+
+class PostgresStore:
+    """Store on a PostgreSQL database, through a pool of connections opened on first use."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = connection.MIN_CONNECTIONS,
+        max_size: int = 10,
+        timeout: float = WAIT_SECONDS,
+    ) -> None:
+        info = connection.conninfo(url)
+        self._pool = Pool(info, min_size=min_size, max_size=max_size, timeout=timeout)
+        self._listener = WorkListener(info, SQL["work.listen"], SQL["work.heartbeat"])
+
+    async def close(self) -> None:
+        """Stop listening and close every pooled connection."""
+        await self._listener.close()
+        await self._pool.close()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return at the next NOTIFY on `joblot_work`, or after `timeout` seconds."""
+        await self._listener.wait(timeout)
+
+    async def listening(self, timeout: float) -> bool:
+        """Start the LISTEN connection now; True once it is up (within `timeout` seconds)."""
+        return await self._listener.listening(timeout)
+
+    # -- migrations ---------------------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Apply missing migrations, one transaction each, under an advisory lock."""
+        async with self._pool.connection() as conn:
+            return await connection.migrate(conn)
+
+    async def schema_version(self) -> tuple[int, int]:
+        """(applied, latest) migration numbers."""
+        async with self._pool.connection() as conn:
+            return await connection.schema_version(conn)
+
+    # -- what clients do ----------------------------------------------------------------------
+
+    async def submit_job(self, job: NewJob) -> tuple[JobRow, bool]:
+        """Insert the job and its items in one transaction (or find the idempotent twin)."""
+        async with self._pool.connection() as conn:
+            return await clients.submit_job(conn, job)
+
+    async def get_job(self, tenant: str, job_id: str, now: float, inline: int) -> JobRow | None:
+        """One primary-key lookup, with the inline results in the same round trip."""
+        async with self._pool.connection() as conn:
+            return await clients.get_job(conn, tenant, job_id, now, inline)
+
+    async def get_jobs(
+        self, tenant: str, job_ids: list[str], now: float, inline: int
+    ) -> list[JobRow]:
+        """The jobs that exist among `job_ids`, in the order asked, in one query."""
+        async with self._pool.connection() as conn:
+            return await clients.get_jobs(conn, tenant, job_ids, now, inline)
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        now: float,
+        after: str | None,
+        before: str | None,
+        size: int,
+        inline: int,
+    ) -> Page[JobRow]:
+        """A page of jobs in listing order, each with its results inline when small."""
+        async with self._pool.connection() as conn:
+            return await clients.list_jobs(
+                conn, tenant, now=now, after=after, before=before, size=size, inline=inline
+            )
+
+    async def list_results(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        now: float,
+        after: int | None,
+        before: int | None,
+        size: int,
+    ) -> Page[tuple[int, bytes]] | None:
+        """A page of a job's result entries by index."""
+        async with self._pool.connection() as conn:
+            return await clients.list_results(
+                conn, tenant, job_id, now=now, after=after, before=before, size=size
+            )
+
+    async def job_version(self, tenant: str, job_id: str, now: float) -> int | None:
+        """The job's change counter, for ETags and long polls."""
+        async with self._pool.connection() as conn:
+            return await clients.job_version(conn, tenant, job_id, now)
+
+    async def stop_job(
+        self, tenant: str | None, job_id: str, *, message: str | None, now: float, retention: float
+    ) -> bool:
+        """Fail an unfinished job; False when there is no such job for this tenant."""
+        async with self._pool.connection() as conn:
+            return await clients.stop_job(
+                conn, tenant, job_id, message=message, now=now, retention=retention
+            )
+
+    async def create_token(self, token_id: str, tenant: str, digest: str, now: float) -> None:
+        """Store a new token's digest."""
+        async with self._pool.connection() as conn:
+            await clients.create_token(conn, token_id, tenant, digest, now)
+
+    async def list_tokens(self) -> list[TokenRow]:
+        """Every token, revoked ones included, oldest first."""
+        async with self._pool.connection() as conn:
+            return await clients.list_tokens(conn)
+
+    async def revoke_token(self, token_id: str, now: float) -> bool:
+        """Revoke a live token."""
+        async with self._pool.connection() as conn:
+            return await clients.revoke_token(conn, token_id, now)
+
+    async def find_token(self, digest: str) -> tuple[str, str] | None:
+        """(token id, tenant) of the live token with this digest."""
+        async with self._pool.connection() as conn:
+            return await clients.find_token(conn, digest)
+
+    async def count_tokens(self) -> int:
+        """How many live tokens there are."""
+        async with self._pool.connection() as conn:
+            return await clients.count_tokens(conn)
+
+    # -- what workers do ----------------------------------------------------------------------
+
+    async def claim_items(
+        self, worker_id: str, job_types: list[str], *, limit: int, now: float, lease_seconds: float
+    ) -> Claim | None:
+        """Lease a batch of the least recently served runnable job."""
+        async with self._pool.connection() as conn:
+            return await work.claim_items(
+                conn, worker_id, job_types, limit=limit, now=now, lease_seconds=lease_seconds
+            )
+
+    async def finish_items(
+        self,
+        lease_id: int,
+        items: list[FinishedItem],
+        *,
+        message: str | None,
+        final: bool,
+        now: float,
+        retention: float,
+    ) -> FinishOutcome:
+        """Record results if the lease is still held; otherwise refuse them all."""
+        async with self._pool.connection() as conn:
+            return await work.finish_items(
+                conn, lease_id, items, message=message, final=final, now=now, retention=retention
+            )
+
+    async def renew_leases(self, lease_ids: list[int], now: float, until: float) -> set[int]:
+        """Extend the leases still held; a lapsed one is not revived."""
+        if not lease_ids:
+            return set()
+        async with self._pool.connection() as conn:
+            return await work.renew_leases(conn, lease_ids, now, until)
+
+    async def release_lease(self, lease_id: int, now: float) -> int:
+        """Give back the unstarted items of a lease at once (a worker stopping cleanly)."""
+        async with self._pool.connection() as conn:
+            return await work.release_lease(conn, lease_id, now)
+
+    # -- cluster-wide chores ------------------------------------------------------------------
+
+    async def requeue_expired(self, now: float, max_attempts: int, retention: float) -> int:
+        """Return the items of lapsed leases to the queue; fail those out of attempts."""
+        async with self._pool.connection() as conn:
+            return await maintenance.requeue_expired(conn, now, max_attempts, retention)
+
+    async def purge_expired(self, now: float) -> int:
+        """Delete jobs past their retention, in short transactions."""
+        async with self._pool.connection() as conn:
+            return await maintenance.purge_expired(conn, now)
+
+    async def try_lead(self, chore: str, holder: str, now: float, until: float) -> bool:
+        """Take or keep the lead of a chore; one process of the cluster holds it at a time."""
+        async with self._pool.connection() as conn:
+            return await maintenance.try_lead(conn, chore, holder, now, until)

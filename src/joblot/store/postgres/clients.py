@@ -1,0 +1,238 @@
+"""PostgreSQL: what API clients do — submit, read, list and stop jobs, and manage tokens.
+
+Reads are one autocommit statement each (one round trip); writes open a transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from joblot.errors import Unavailable
+from joblot.models import after_stop
+from joblot.store import JobRow, NewJob, Page, TokenRow
+from joblot.store.common import (
+    idempotency_key_reused,
+    job_finished,
+    job_params,
+    job_row,
+    keyset_page,
+    keyset_query,
+    queued_row,
+    state_from_row,
+    too_many_jobs,
+)
+from joblot.store.postgres.connection import (
+    SQL,
+    Conn,
+    Row,
+    fetch_all,
+    fetch_one,
+    rowcount,
+    save_state,
+)
+from joblot.store.postgres.maintenance import purge_job
+
+_ITEM_TYPES = ["text", "int8", "bytea"]  # the columns of submit_job.copy_items, for binary COPY
+
+# -- submit -------------------------------------------------------------------------------------
+
+
+def _item_rows(job: NewJob) -> Iterator[tuple[str, int, bytes]]:
+    return ((job.id, index, payload) for index, payload in enumerate(job.payloads))
+
+
+async def insert_job(conn: psycopg.AsyncConnection[Any], job: NewJob) -> bool:
+    """Insert `job`, its items and a wake-up on `conn` without committing; False on a key clash."""
+    cur = conn.cursor()
+    await cur.execute(SQL["submit_job.insert_job"], job_params(job))
+    if cur.rowcount == 0:
+        return False  # a concurrent submit with the same idempotency key got there first
+    async with cur.copy(SQL["submit_job.copy_items"]) as copy:
+        copy.set_types(_ITEM_TYPES)
+        for row in _item_rows(job):
+            await copy.write_row(row)
+    await cur.execute(SQL["work.notify"])
+    return True
+
+
+def insert_job_sync(conn: psycopg.Connection[Any], job: NewJob) -> bool:
+    """The blocking twin of `insert_job`, for callers on a blocking connection: the same named
+    SQL, in the same order."""
+    cur = conn.cursor()
+    cur.execute(SQL["submit_job.insert_job"], job_params(job))
+    if cur.rowcount == 0:
+        return False
+    with cur.copy(SQL["submit_job.copy_items"]) as copy:
+        copy.set_types(_ITEM_TYPES)
+        for row in _item_rows(job):
+            copy.write_row(row)
+    cur.execute(SQL["work.notify"])
+    return True
+
+
+async def submit_job(conn: Conn, job: NewJob) -> tuple[JobRow, bool]:
+    """Insert the job and its items in one transaction (or find the idempotent twin)."""
+    async with conn.transaction():
+        if job.idempotency_key is not None:
+            existing = await _find_idempotent(conn, job)
+            if existing is not None:
+                return existing, False
+        if job.max_active_jobs is not None:
+            await rowcount(conn, "submit_job.lock_tenant", {"tenant": job.tenant})
+            found = await fetch_one(conn, "submit_job.count_active", {"tenant": job.tenant})
+            active = 0 if found is None else found[0]
+            if active >= job.max_active_jobs:
+                raise too_many_jobs(active)
+        if await insert_job(conn, job):
+            return queued_row(job), True
+        # A concurrent submit with the same key committed first: answer with its job.
+        existing = await _find_idempotent(conn, job)
+        if existing is None:
+            raise Unavailable("a submission with this Idempotency-Key was in flight; retry")
+        return existing, False
+
+
+async def _find_idempotent(conn: Conn, job: NewJob) -> JobRow | None:
+    key = {"tenant": job.tenant, "key": job.idempotency_key}
+    found = await fetch_one(conn, "submit_job.find_idempotent", key)
+    if found is None:
+        return None
+    job_id, request_hash, expires_at = found
+    if expires_at is not None and expires_at <= job.created_at:
+        await purge_job(conn, job_id)  # the key's job is past retention: start afresh
+        return None
+    if request_hash != job.request_hash:
+        raise idempotency_key_reused()
+    return await get_job(conn, job.tenant, job_id, job.created_at, 0)
+
+
+# -- read ---------------------------------------------------------------------------------------
+
+
+def _job_row(row: Row) -> JobRow:
+    results = row[8]
+    return job_row(row, None if results is None else list(results))
+
+
+async def get_job(conn: Conn, tenant: str, job_id: str, now: float, inline: int) -> JobRow | None:
+    """One primary-key lookup, with the inline results in the same round trip."""
+    params = {"id": job_id, "tenant": tenant, "now": now, "inline": inline}
+    row = await fetch_one(conn, "get_job.select", params)
+    return None if row is None else _job_row(row)
+
+
+async def get_jobs(
+    conn: Conn, tenant: str, job_ids: list[str], now: float, inline: int
+) -> list[JobRow]:
+    """The jobs that exist among `job_ids`, in the order asked, in one query."""
+    params = {"ids": job_ids, "tenant": tenant, "now": now, "inline": inline}
+    return [_job_row(r) for r in await fetch_all(conn, "get_jobs.select", params)]
+
+
+async def list_jobs(
+    conn: Conn,
+    tenant: str,
+    *,
+    now: float,
+    after: str | None,
+    before: str | None,
+    size: int,
+    inline: int,
+) -> Page[JobRow]:
+    """A page of jobs in listing order, each with its results inline when small."""
+    name, key = keyset_query("list_jobs", after, before, "")
+    params = {"tenant": tenant, "key": key, "now": now, "limit": size + 1, "inline": inline}
+    rows = await fetch_all(conn, name, params)
+    page, has_more = keyset_page(rows, size, backwards=before is not None)
+    return Page([_job_row(r) for r in page], has_more)
+
+
+async def list_results(
+    conn: Conn,
+    tenant: str,
+    job_id: str,
+    *,
+    now: float,
+    after: int | None,
+    before: int | None,
+    size: int,
+) -> Page[tuple[int, bytes]] | None:
+    """A page of a job's result entries by index; None if there is no such job."""
+    if await job_version(conn, tenant, job_id, now) is None:
+        return None
+    name, idx = keyset_query("list_results", after, before, -1)
+    rows = await fetch_all(conn, name, {"id": job_id, "idx": idx, "limit": size + 1})
+    page, has_more = keyset_page(rows, size, backwards=before is not None)
+    return Page([(i, e) for i, e in page], has_more)
+
+
+async def job_version(conn: Conn, tenant: str, job_id: str, now: float) -> int | None:
+    """The job's change counter, for ETags and long polls."""
+    row = await fetch_one(conn, "job_version", {"id": job_id, "tenant": tenant, "now": now})
+    return None if row is None else int(row[0])
+
+
+# -- stop ---------------------------------------------------------------------------------------
+
+
+async def stop_job(
+    conn: Conn,
+    tenant: str | None,
+    job_id: str,
+    *,
+    message: str | None,
+    now: float,
+    retention: float,
+) -> bool:
+    """Fail an unfinished job; False when there is no such job for this tenant."""
+    async with conn.transaction():
+        if tenant is None:
+            row = await fetch_one(conn, "job_state.select", {"id": job_id})
+        else:
+            params = {"id": job_id, "tenant": tenant, "now": now}
+            row = await fetch_one(conn, "job_state.select_for_tenant", params)
+        if row is None:
+            return False
+        old = state_from_row(row)
+        if old.status.finished:
+            raise job_finished(job_id, old.status)
+        new = after_stop(old, message)
+        await save_state(conn, job_id, old, new, now=now, retention=retention)
+    return True
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+async def create_token(conn: Conn, token_id: str, tenant: str, digest: str, now: float) -> None:
+    """Store a new token's digest."""
+    params = {"id": token_id, "tenant": tenant, "digest": digest, "now": now}
+    await rowcount(conn, "tokens.create", params)
+
+
+async def list_tokens(conn: Conn) -> list[TokenRow]:
+    """Every token, revoked ones included, oldest first."""
+    return [
+        TokenRow(id=i, tenant=t, created_at=c, revoked_at=r)
+        for i, t, c, r in await fetch_all(conn, "tokens.list")
+    ]
+
+
+async def revoke_token(conn: Conn, token_id: str, now: float) -> bool:
+    """Revoke a live token."""
+    return await rowcount(conn, "tokens.revoke", {"id": token_id, "now": now}) == 1
+
+
+async def find_token(conn: Conn, digest: str) -> tuple[str, str] | None:
+    """(token id, tenant) of the live token with this digest."""
+    row = await fetch_one(conn, "tokens.find", {"digest": digest})
+    return None if row is None else (row[0], row[1])
+
+
+async def count_tokens(conn: Conn) -> int:
+    """How many live tokens there are."""
+    row = await fetch_one(conn, "tokens.count_active")
+    return 0 if row is None else int(row[0])

@@ -1,0 +1,167 @@
+"""PostgreSQL plumbing: a pool of autocommit connections, transactions, migrations, and the
+job-row steps that every write shares.
+
+Lock order, kept by every write transaction so that no two of them deadlock: a lease's items
+(in index order), then the job row, then lease rows. A claim locks the job row last, only to
+count the claim, after leasing its items with SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from joblot.errors import ConfigError, Unavailable
+from joblot.models import JobState
+from joblot.store.common import state_from_row, state_params
+from joblot.store.sql import load_migrations, queries
+
+Conn = psycopg.AsyncConnection[TupleRow]
+Row = tuple[Any, ...]
+SQL = queries("postgres")
+
+CONNECT_TIMEOUT = 10  # seconds; libpq would wait minutes for an unreachable host
+# The pool retries a failed connection with doubling pauses (1, 2, 4, 8 ... s, up to this
+# long); giving up soon makes the next request start afresh at once, so after an outage of
+# any length requests are served again within seconds of the database's return.
+RECONNECT_SECONDS = 3.0
+MIN_CONNECTIONS = 1  # kept open while idle
+WAIT_SECONDS = 5.0  # how long a caller waits for a pooled connection before a 503
+
+
+async def fetch_one(conn: Conn, name: str, params: dict[str, Any] | None = None) -> Row | None:
+    """The first row of the named query."""
+    return await (await conn.execute(SQL[name], params)).fetchone()
+
+
+async def fetch_all(conn: Conn, name: str, params: dict[str, Any] | None = None) -> list[Row]:
+    """Every row of the named query."""
+    return await (await conn.execute(SQL[name], params)).fetchall()
+
+
+async def rowcount(conn: Conn, name: str, params: dict[str, Any] | None = None) -> int:
+    """Run the named statement; the number of rows it changed."""
+    return (await conn.execute(SQL[name], params)).rowcount
+
+
+async def lock_state(conn: Conn, job_id: str) -> JobState | None:
+    """Lock the job row until commit and read its counters; None if the job was purged."""
+    row = await fetch_one(conn, "job_state.select", {"id": job_id})
+    return None if row is None else state_from_row(row)
+
+
+async def save_state(
+    conn: Conn,
+    job_id: str,
+    old: JobState,
+    new: JobState,
+    *,
+    now: float,
+    retention: float,
+    claimed_at: float | None = None,
+) -> None:
+    """Write back what the lifecycle rules decided; bump the version if anyone can see it."""
+    params = state_params(job_id, old, new, now=now, retention=retention, claimed_at=claimed_at)
+    await rowcount(conn, "job_state.save", params)
+
+
+def conninfo(url: str) -> str:
+    """The connection string of `url`, with a connect timeout unless it names one."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"cannot read the database URL {url!r}: {exc}") from exc
+    extra = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT}
+    return make_conninfo(url, **extra)
+
+
+class Pool:
+    """A pool of autocommit connections, opened on first use."""
+
+    def __init__(
+        self, info: str, *, min_size: int = MIN_CONNECTIONS, max_size: int, timeout: float
+    ) -> None:
+        self._info = info
+        self._sizes = (min_size, max_size)
+        self._timeout = timeout
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._opening = asyncio.Lock()
+
+    async def _open(self) -> AsyncConnectionPool[Conn]:
+        async with self._opening:
+            if self._pool is None:
+                # `check` tests each connection as it is handed out, so after a database
+                # restart dead connections are replaced instead of failing a request each.
+                pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+                    self._info,
+                    kwargs={"autocommit": True},
+                    min_size=self._sizes[0],
+                    max_size=self._sizes[1],
+                    timeout=self._timeout,
+                    reconnect_timeout=RECONNECT_SECONDS,
+                    open=False,
+                    check=AsyncConnectionPool.check_connection,
+                    name="joblot",
+                )
+                await pool.open()
+                self._pool = pool
+            return self._pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        """A pooled autocommit connection; losing the database raises Unavailable (503)."""
+        pool = self._pool or await self._open()
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:  # the pool's PoolTimeout is one too
+            raise Unavailable(
+                f"the database is unreachable or overloaded ({exc}); retry in a few seconds"
+            ) from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """A pooled connection inside one transaction, committed on success."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+async def migrate(conn: Conn) -> list[int]:
+    """Apply missing migrations, one transaction each, under an advisory lock."""
+    applied = []
+    for migration in load_migrations("postgres"):
+        async with conn.transaction():
+            await rowcount(conn, "migrations.lock")
+            await rowcount(conn, "migrations.create_table")
+            done = {v for (v,) in await fetch_all(conn, "migrations.applied")}
+            if migration.version in done:
+                continue
+            await conn.execute(migration.sql)  # several statements: allowed without params
+            record = {"version": migration.version, "name": migration.name, "now": time.time()}
+            await rowcount(conn, "migrations.record", record)
+            applied.append(migration.version)
+    return applied
+
+
+async def schema_version(conn: Conn) -> tuple[int, int]:
+    """(applied, latest) migration numbers."""
+    latest = len(load_migrations("postgres"))
+    exists = await fetch_one(conn, "migrations.exists")
+    if exists is None or not exists[0]:
+        return 0, latest
+    versions = [v for (v,) in await fetch_all(conn, "migrations.applied")]
+    return (max(versions) if versions else 0), latest

@@ -1,0 +1,228 @@
+"""PostgreSQL: what workers do — claim a batch, finish its items, renew and release leases.
+
+Each function takes an autocommit connection and opens its own transactions, keeping the
+lock order of `connection.py`: a lease's items, then the job row, then lease rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from joblot.models import after_claim, after_finish, after_requeue
+from joblot.store import Claim, ClaimedItem, FinishedItem, FinishOutcome
+from joblot.store.common import NO_ATTEMPT_LIMIT, Refused, worker_lost
+from joblot.store.postgres.connection import (
+    Conn,
+    fetch_all,
+    fetch_one,
+    lock_state,
+    rowcount,
+    save_state,
+)
+
+
+async def claim_items(
+    conn: Conn,
+    worker_id: str,
+    job_types: list[str],
+    *,
+    limit: int,
+    now: float,
+    lease_seconds: float,
+) -> Claim | None:
+    """Lease up to `limit` items of the least recently served runnable job.
+
+    The job is picked without a lock and its items are leased with SKIP LOCKED, so claims of
+    one job by many workers run side by side; the job row is locked last, only to count the
+    claim, as finishes do. A claim that leased nothing, or whose job stopped meanwhile, rolls
+    back and answers None.
+    """
+    # The cheap read first: an idle worker on an idle database opens no transaction.
+    found = await fetch_one(conn, "claim_items.any_runnable", {"job_types": job_types})
+    if found is None or not found[0]:
+        return None
+    try:
+        async with conn.transaction():
+            return await _claim(
+                conn, worker_id, job_types, limit=limit, now=now, lease_seconds=lease_seconds
+            )
+    except Refused:  # another worker took the items, or the job stopped: try again
+        return None
+
+
+async def _claim(
+    conn: Conn,
+    worker_id: str,
+    job_types: list[str],
+    *,
+    limit: int,
+    now: float,
+    lease_seconds: float,
+) -> Claim | None:
+    picked = await fetch_one(conn, "claim_items.pick_job", {"job_types": job_types})
+    if picked is None:
+        return None
+    job_id, job_type = picked
+    lease = await fetch_one(
+        conn,
+        "claim_items.insert_lease",
+        {"job_id": job_id, "worker_id": worker_id, "expires_at": now + lease_seconds},
+    )
+    assert lease is not None
+    rows = await fetch_all(
+        conn, "claim_items.lease_items", {"job_id": job_id, "lease_id": lease[0], "limit": limit}
+    )
+    state = await lock_state(conn, job_id)
+    if not rows or state is None or state.status.finished:
+        raise Refused()
+    new = after_claim(state, len(rows))
+    await save_state(conn, job_id, state, new, now=now, retention=0.0, claimed_at=now)
+    items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
+    return Claim(lease_id=lease[0], job_id=job_id, job_type=job_type, items=items)
+
+
+async def finish_items(
+    conn: Conn,
+    lease_id: int,
+    items: list[FinishedItem],
+    *,
+    message: str | None,
+    final: bool,
+    now: float,
+    retention: float,
+) -> FinishOutcome:
+    """Record results if the lease is still held; otherwise refuse them all."""
+    try:
+        async with conn.transaction():
+            lease = await fetch_one(conn, "finish_items.lease", {"lease_id": lease_id})
+            if lease is None or lease[1] < now:
+                raise Refused()
+            job_id = lease[0]
+            # Items and results first, the job row last: many workers finishing items of one
+            # job then hold its row only for the final few statements, not the whole transaction.
+            await record(conn, job_id, lease_id, items)
+            old = await lock_state(conn, job_id)
+            if old is None:
+                raise Refused()  # the job is gone: past its retention and purged
+            held = {"lease_id": lease_id, "now": now}
+            if await fetch_one(conn, "finish_items.lease_held", held) is None:
+                raise Refused()  # requeued or released while this waited for the row
+            failed = sum(1 for it in items if not it.success)
+            new = after_finish(old, len(items), failed, message, now)
+            await save_state(conn, job_id, old, new, now=now, retention=retention)
+            if final:
+                await rowcount(conn, "leases.release_if_done", {"lease_id": lease_id})
+    except Refused:
+        return FinishOutcome(accepted=False)
+    return FinishOutcome(accepted=True, status=new.status)
+
+
+async def record(conn: Conn, job_id: str, lease_id: int, items: list[FinishedItem]) -> None:
+    """Take the items off the queue and store their results; Refused unless all were held."""
+    if not items:
+        return
+    indexes = [it.index for it in items]
+    taken = await rowcount(
+        conn, "finish_items.take_items", {"job_id": job_id, "idx": indexes, "lease_id": lease_id}
+    )
+    if taken != len(items):
+        raise Refused()
+    await rowcount(
+        conn,
+        "finish_items.insert_results",
+        {
+            "job_id": job_id,
+            "idx": indexes,
+            "success": [it.success for it in items],
+            "entry": [it.entry for it in items],
+        },
+    )
+
+
+async def renew_leases(conn: Conn, lease_ids: list[int], now: float, until: float) -> set[int]:
+    """Extend the leases still held; a lapsed one is not revived."""
+    params = {"lease_ids": lease_ids, "now": now, "until": until}
+    return {r[0] for r in await fetch_all(conn, "renew_leases", params)}
+
+
+async def release_lease(conn: Conn, lease_id: int, now: float) -> int:
+    """Give back the unstarted items of a lease at once (a worker stopping cleanly)."""
+    lease = await fetch_one(conn, "finish_items.lease", {"lease_id": lease_id})
+    if lease is None:
+        return 0
+    try:
+        async with conn.transaction():
+            return await _release_held_lease(conn, lease_id, lease[0], now)
+    except Refused:
+        return 0
+
+
+async def _release_held_lease(conn: Conn, lease_id: int, job_id: str, now: float) -> int:
+    params = {"lease_id": lease_id, "now": now}
+    rows = await fetch_all(conn, "requeue_expired.items", params)  # locks them, in index order
+    await rowcount(conn, "release_lease.refund", params)
+    await rowcount(conn, "requeue_expired.requeue", {**params, "max_attempts": NO_ATTEMPT_LIMIT})
+    return await _settle(
+        conn, params, job_id, held=len(rows), spent=0, check="release_lease.held", retention=0.0
+    )
+
+
+async def requeue_lapsed_lease(
+    conn: Conn, lease_id: int, job_id: str, *, now: float, max_attempts: int, retention: float
+) -> int:
+    """Requeue one lapsed lease's items in a transaction of its own, failing those out of
+    attempts with WorkerLost; 0 if another process took the lease meanwhile."""
+    try:
+        async with conn.transaction():
+            params = {"lease_id": lease_id, "now": now}
+            taken = await fetch_one(conn, "requeue_expired.try_lock", params)
+            if taken is None or not taken[0]:
+                raise Refused()  # another node is requeueing this lease right now
+            rows = await fetch_all(conn, "requeue_expired.items", params)  # locked, in order
+            spent = [(i, p, a) for i, p, a in rows if a >= max_attempts]
+            await rowcount(
+                conn, "requeue_expired.requeue", {**params, "max_attempts": max_attempts}
+            )
+            if spent:
+                found = await fetch_one(conn, "requeue_expired.job_action", {"id": job_id})
+                action = None if found is None else found[0]
+                lost = [worker_lost(i, p, action, a) for i, p, a in spent]
+                await record(conn, job_id, lease_id, lost)
+            return await _settle(
+                conn,
+                params,
+                job_id,
+                held=len(rows),
+                spent=len(spent),
+                check="requeue_expired.lapsed",
+                retention=retention,
+            )
+    except Refused:
+        return 0
+
+
+async def _settle(
+    conn: Conn,
+    lease: dict[str, Any],
+    job_id: str,
+    *,
+    held: int,
+    spent: int,
+    check: str,
+    retention: float,
+) -> int:
+    """Drop the lease and count what came back, once the job row is locked and the lease is
+    still as the caller found it (`check`)."""
+    old = await lock_state(conn, job_id)
+    if old is not None and await fetch_one(conn, check, lease) is None:
+        raise Refused()  # renewed, finished or released while this waited
+    await rowcount(conn, "leases.release", lease)
+    if old is None:
+        return held  # the job was purged while the lease was out: drop the lease
+    new = after_requeue(old, held - spent)  # the items are locked: all but the spent went back
+    if spent:
+        new = after_finish(new, spent, spent, None, lease["now"])
+    await save_state(conn, job_id, old, new, now=lease["now"], retention=retention)
+    if new.pending > old.pending:
+        await rowcount(conn, "work.notify")
+    return held

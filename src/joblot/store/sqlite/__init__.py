@@ -1,0 +1,176 @@
+"""The SQLite backend: one file in WAL mode, shared by the API and worker processes of a host.
+
+`SQLiteStore` is the Store; each of its methods runs one function of `clients`, `work` or
+`maintenance` on the writer thread or a reader thread of its `Database`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from joblot.store import Claim, FinishedItem, FinishOutcome, JobRow, NewJob, Page, TokenRow
+from joblot.store.sqlite import clients, connection, maintenance, work
+
+
+class SQLiteStore:
+    """Store on one SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self._db = connection.Database(path)
+
+    async def close(self) -> None:
+        """Close every connection and stop the threads."""
+        await self._db.close()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Differs by necessity from PostgreSQL: SQLite has no notifications, so idle workers
+        poll (one cheap indexed read per `idle_poll_seconds`)."""
+        await asyncio.sleep(timeout)
+
+    # -- migrations ---------------------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Apply missing migrations in one write transaction each."""
+        return await self._db.write(connection.migrate)
+
+    async def schema_version(self) -> tuple[int, int]:
+        """(applied, latest) migration numbers."""
+        return await self._db.read(connection.schema_version)
+
+    # -- what clients do ----------------------------------------------------------------------
+
+    async def submit_job(self, job: NewJob) -> tuple[JobRow, bool]:
+        """Insert the job and its items in one transaction (or find the idempotent twin)."""
+        return await self._db.write(clients.submit_job, job)
+
+    async def get_job(self, tenant: str, job_id: str, now: float, inline: int) -> JobRow | None:
+        """One primary-key lookup, plus a bounded range scan for inline results."""
+        return await self._db.read(clients.get_job, tenant, job_id, now, inline)
+
+    async def get_jobs(
+        self, tenant: str, job_ids: list[str], now: float, inline: int
+    ) -> list[JobRow]:
+        """The jobs that exist among `job_ids`, in the order asked."""
+        return await self._db.read(clients.get_jobs, tenant, job_ids, now, inline)
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        now: float,
+        after: str | None,
+        before: str | None,
+        size: int,
+        inline: int,
+    ) -> Page[JobRow]:
+        """A page of jobs in listing order, each with its results inline when small."""
+        return await self._db.read(
+            clients.list_jobs, tenant, now=now, after=after, before=before, size=size, inline=inline
+        )
+
+    async def list_results(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        now: float,
+        after: int | None,
+        before: int | None,
+        size: int,
+    ) -> Page[tuple[int, bytes]] | None:
+        """A page of a job's result entries by index."""
+        return await self._db.read(
+            clients.list_results, tenant, job_id, now=now, after=after, before=before, size=size
+        )
+
+    async def job_version(self, tenant: str, job_id: str, now: float) -> int | None:
+        """The job's change counter, for ETags and long polls."""
+        return await self._db.read(clients.job_version, tenant, job_id, now)
+
+    async def stop_job(
+        self, tenant: str | None, job_id: str, *, message: str | None, now: float, retention: float
+    ) -> bool:
+        """Fail an unfinished job; False when there is no such job for this tenant."""
+        return await self._db.write(
+            clients.stop_job, tenant, job_id, message=message, now=now, retention=retention
+        )
+
+    async def create_token(self, token_id: str, tenant: str, digest: str, now: float) -> None:
+        """Store a new token's digest."""
+        await self._db.write(clients.create_token, token_id, tenant, digest, now)
+
+    async def list_tokens(self) -> list[TokenRow]:
+        """Every token, revoked ones included, oldest first."""
+        return await self._db.read(clients.list_tokens)
+
+    async def revoke_token(self, token_id: str, now: float) -> bool:
+        """Revoke a live token."""
+        return await self._db.write(clients.revoke_token, token_id, now)
+
+    async def find_token(self, digest: str) -> tuple[str, str] | None:
+        """(token id, tenant) of the live token with this digest."""
+        return await self._db.read(clients.find_token, digest)
+
+    async def count_tokens(self) -> int:
+        """How many live tokens there are."""
+        return await self._db.read(clients.count_tokens)
+
+    # -- what workers do ----------------------------------------------------------------------
+
+    async def claim_items(
+        self, worker_id: str, job_types: list[str], *, limit: int, now: float, lease_seconds: float
+    ) -> Claim | None:
+        """Lease a batch of the least recently served runnable job."""
+        return await self._db.write(
+            work.claim_items,
+            worker_id,
+            job_types,
+            limit=limit,
+            now=now,
+            lease_seconds=lease_seconds,
+        )
+
+    async def finish_items(
+        self,
+        lease_id: int,
+        items: list[FinishedItem],
+        *,
+        message: str | None,
+        final: bool,
+        now: float,
+        retention: float,
+    ) -> FinishOutcome:
+        """Record results if the lease is still held; otherwise refuse them all."""
+        return await self._db.write(
+            work.finish_items,
+            lease_id,
+            items,
+            message=message,
+            final=final,
+            now=now,
+            retention=retention,
+        )
+
+    async def renew_leases(self, lease_ids: list[int], now: float, until: float) -> set[int]:
+        """Extend the leases still held; a lapsed one is not revived."""
+        if not lease_ids:
+            return set()
+        return await self._db.write(work.renew_leases, lease_ids, now, until)
+
+    async def release_lease(self, lease_id: int, now: float) -> int:
+        """Give back the unstarted items of a lease at once (a worker stopping cleanly)."""
+        return await self._db.write(work.release_lease, lease_id, now)
+
+    # -- cluster-wide chores ------------------------------------------------------------------
+
+    async def requeue_expired(self, now: float, max_attempts: int, retention: float) -> int:
+        """Return the items of lapsed leases to the queue; fail those out of attempts."""
+        return await self._db.write(maintenance.requeue_expired, now, max_attempts, retention)
+
+    async def purge_expired(self, now: float) -> int:
+        """Delete jobs past their retention, in short transactions."""
+        return await self._db.write(maintenance.purge_expired, now)
+
+    async def try_lead(self, chore: str, holder: str, now: float, until: float) -> bool:
+        """Take or keep the lead of a chore; one process per file holds it at a time."""
+        return await self._db.write(maintenance.try_lead, chore, holder, now, until)

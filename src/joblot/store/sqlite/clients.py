@@ -1,0 +1,196 @@
+"""SQLite: what API clients do — submit, read, list and stop jobs, and manage tokens.
+
+Reads run on reader threads (WAL lets them run beside the writer); writes on the writer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from joblot.models import Status, after_stop
+from joblot.store import JobRow, NewJob, Page, TokenRow
+from joblot.store.common import (
+    idempotency_key_reused,
+    job_finished,
+    job_params,
+    job_row,
+    keyset_page,
+    keyset_query,
+    queued_row,
+    state_from_row,
+    too_many_jobs,
+)
+from joblot.store.sqlite.connection import (
+    SQL,
+    Conn,
+    fetch_all,
+    fetch_one,
+    rowcount,
+    save_state,
+    transaction,
+)
+from joblot.store.sqlite.maintenance import purge_job
+
+# -- submit -------------------------------------------------------------------------------------
+
+
+def submit_job(conn: Conn, job: NewJob) -> tuple[JobRow, bool]:
+    """Insert the job and its items in one transaction (or find the idempotent twin)."""
+    with transaction(conn):
+        if job.idempotency_key is not None:
+            existing = _find_idempotent(conn, job)
+            if existing is not None:
+                return existing, False
+        if job.max_active_jobs is not None:
+            (active,) = fetch_one(conn, "submit_job.count_active", {"tenant": job.tenant})
+            if active >= job.max_active_jobs:
+                raise too_many_jobs(active)
+        conn.execute(SQL["submit_job.insert_job"], job_params(job))
+        conn.executemany(
+            SQL["submit_job.insert_item"], ((job.id, i, p) for i, p in enumerate(job.payloads))
+        )
+    return queued_row(job), True
+
+
+def _find_idempotent(conn: Conn, job: NewJob) -> JobRow | None:
+    key = {"tenant": job.tenant, "key": job.idempotency_key}
+    found = fetch_one(conn, "submit_job.find_idempotent", key)
+    if found is None:
+        return None
+    job_id, request_hash, expires_at = found
+    if expires_at is not None and expires_at <= job.created_at:
+        purge_job(conn, job_id)  # the key's job is past retention: start afresh
+        return None
+    if request_hash != job.request_hash:
+        raise idempotency_key_reused()
+    row = get_job(conn, job.tenant, job_id, job.created_at, 0)
+    assert row is not None
+    return row
+
+
+# -- read ---------------------------------------------------------------------------------------
+
+
+def get_job(conn: Conn, tenant: str, job_id: str, now: float, inline: int) -> JobRow | None:
+    """One primary-key lookup, plus a bounded range scan for inline results."""
+    row = fetch_one(conn, "get_job.select", {"id": job_id, "tenant": tenant, "now": now})
+    return None if row is None else job_row(row, _inline_results(conn, row, inline))
+
+
+def _inline_results(conn: Conn, row: tuple[Any, ...], inline: int) -> list[bytes] | None:
+    job_id, status, total = row[0], row[2], row[3]
+    if total > inline or status == Status.QUEUED:
+        return None
+    return [e for (e,) in fetch_all(conn, "get_job.inline_results", {"id": job_id})]
+
+
+def get_jobs(conn: Conn, tenant: str, job_ids: list[str], now: float, inline: int) -> list[JobRow]:
+    """The jobs that exist among `job_ids`, in the order asked."""
+    rows = (get_job(conn, tenant, job_id, now, inline) for job_id in job_ids)
+    return [row for row in rows if row is not None]
+
+
+def list_jobs(
+    conn: Conn,
+    tenant: str,
+    *,
+    now: float,
+    after: str | None,
+    before: str | None,
+    size: int,
+    inline: int,
+) -> Page[JobRow]:
+    """A page of jobs in listing order, each with its results inline when small."""
+    name, key = keyset_query("list_jobs", after, before, "")
+    rows = fetch_all(conn, name, {"tenant": tenant, "key": key, "now": now, "limit": size + 1})
+    page, has_more = keyset_page(rows, size, backwards=before is not None)
+    return Page([job_row(r, _inline_results(conn, r, inline)) for r in page], has_more)
+
+
+def list_results(
+    conn: Conn,
+    tenant: str,
+    job_id: str,
+    *,
+    now: float,
+    after: int | None,
+    before: int | None,
+    size: int,
+) -> Page[tuple[int, bytes]] | None:
+    """A page of a job's result entries by index; None if there is no such job."""
+    if job_version(conn, tenant, job_id, now) is None:
+        return None
+    name, idx = keyset_query("list_results", after, before, -1)
+    rows = fetch_all(conn, name, {"id": job_id, "idx": idx, "limit": size + 1})
+    page, has_more = keyset_page(rows, size, backwards=before is not None)
+    return Page([(i, e) for i, e in page], has_more)
+
+
+def job_version(conn: Conn, tenant: str, job_id: str, now: float) -> int | None:
+    """The job's change counter, for ETags and long polls."""
+    row = fetch_one(conn, "job_version", {"id": job_id, "tenant": tenant, "now": now})
+    return None if row is None else int(row[0])
+
+
+# -- stop ---------------------------------------------------------------------------------------
+
+
+def stop_job(
+    conn: Conn,
+    tenant: str | None,
+    job_id: str,
+    *,
+    message: str | None,
+    now: float,
+    retention: float,
+) -> bool:
+    """Fail an unfinished job; False when there is no such job for this tenant."""
+    with transaction(conn):
+        if tenant is None:
+            row = fetch_one(conn, "job_state.select", {"id": job_id})
+        else:
+            params = {"id": job_id, "tenant": tenant, "now": now}
+            row = fetch_one(conn, "job_state.select_for_tenant", params)
+        if row is None:
+            return False
+        old = state_from_row(row)
+        if old.status.finished:
+            raise job_finished(job_id, old.status)
+        save_state(conn, job_id, old, after_stop(old, message), now=now, retention=retention)
+    return True
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+def create_token(conn: Conn, token_id: str, tenant: str, digest: str, now: float) -> None:
+    """Store a new token's digest."""
+    with transaction(conn):
+        params = {"id": token_id, "tenant": tenant, "digest": digest, "now": now}
+        rowcount(conn, "tokens.create", params)
+
+
+def list_tokens(conn: Conn) -> list[TokenRow]:
+    """Every token, revoked ones included, oldest first."""
+    return [
+        TokenRow(id=i, tenant=t, created_at=c, revoked_at=r)
+        for i, t, c, r in fetch_all(conn, "tokens.list")
+    ]
+
+
+def revoke_token(conn: Conn, token_id: str, now: float) -> bool:
+    """Revoke a live token."""
+    with transaction(conn):
+        return rowcount(conn, "tokens.revoke", {"id": token_id, "now": now}) == 1
+
+
+def find_token(conn: Conn, digest: str) -> tuple[str, str] | None:
+    """(token id, tenant) of the live token with this digest."""
+    row = fetch_one(conn, "tokens.find", {"digest": digest})
+    return None if row is None else (row[0], row[1])
+
+
+def count_tokens(conn: Conn) -> int:
+    """How many live tokens there are."""
+    (count,) = fetch_one(conn, "tokens.count_active")
+    return int(count)

@@ -1,0 +1,205 @@
+"""SQLite plumbing: connections on threads, transactions, migrations, and the job-row steps
+that every write shares."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
+
+from joblot.errors import ConfigError, Unavailable
+from joblot.models import JobState
+from joblot.store.common import state_from_row, state_params
+from joblot.store.sql import load_migrations, queries
+
+R = TypeVar("R")
+Conn = sqlite3.Connection
+SQL = queries("sqlite")
+
+READERS = 4  # reader threads per process, each with its own connection
+BUSY_SECONDS = 30.0  # how long a write waits for another process's write lock
+_TRANSIENT = re.compile(r"locked|busy|unable to open|disk I/O")
+
+
+def _use_wal(conn: Conn, seconds: float = BUSY_SECONDS) -> None:
+    """Put the file in WAL mode, so readers run beside the one writer.
+
+    Switching a new file to WAL needs a moment with no other writer, and SQLite does not
+    wait for it (the busy timeout does not apply), so wait here, as the timeout would.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _connect(path: str) -> Conn:
+    conn = sqlite3.connect(
+        path, isolation_level=None, timeout=BUSY_SECONDS, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+    _use_wal(conn)
+    # NORMAL sync is durable across process crashes, which is what leases guard against
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA cache_size = -65536")
+    return conn
+
+
+@contextmanager
+def transaction(conn: Conn) -> Iterator[None]:
+    """A write transaction. IMMEDIATE takes the write lock up front, so two processes never
+    deadlock upgrading read locks, and the busy timeout applies."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def in_transaction(conn: Conn) -> AbstractContextManager[None]:
+    """A write transaction, unless the connection is in one already (then nothing more)."""
+    return contextlib.nullcontext() if conn.in_transaction else transaction(conn)
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a migration into statements (migrations hold no `--` or `;` inside literals)."""
+    code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return [statement.strip() for statement in code.split(";") if statement.strip()]
+
+
+def lock_state(conn: Conn, job_id: str) -> JobState | None:
+    """The job's counters, read inside the caller's write transaction; None once purged.
+
+    Named as PostgreSQL's twin: here the transaction's write lock already covers the row.
+    """
+    row = conn.execute(SQL["job_state.select"], {"id": job_id}).fetchone()
+    return None if row is None else state_from_row(row)
+
+
+def save_state(
+    conn: Conn,
+    job_id: str,
+    old: JobState,
+    new: JobState,
+    *,
+    now: float,
+    retention: float,
+    claimed_at: float | None = None,
+) -> None:
+    """Write back what the lifecycle rules decided; bump the version if anyone can see it."""
+    params = state_params(job_id, old, new, now=now, retention=retention, claimed_at=claimed_at)
+    conn.execute(SQL["job_state.save"], params)
+
+
+def fetch_all(conn: Conn, name: str, params: dict[str, Any] | None = None) -> list[Any]:
+    """Every row of the named query."""
+    return conn.execute(SQL[name], params or {}).fetchall()
+
+
+def fetch_one(conn: Conn, name: str, params: dict[str, Any] | None = None) -> Any:
+    """The first row of the named query, or None."""
+    return conn.execute(SQL[name], params or {}).fetchone()
+
+
+def rowcount(conn: Conn, name: str, params: dict[str, Any] | None = None) -> int:
+    """Run the named statement; the number of rows it changed."""
+    return conn.execute(SQL[name], params or {}).rowcount
+
+
+class Database:
+    """One writer thread with one connection and reader threads with theirs, so the event
+    loop never blocks on the file; each call runs a function of a connection on one of them."""
+
+    def __init__(self, path: str, readers: int = READERS) -> None:
+        if path != ":memory:" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ConfigError(f"the folder of the database file {path!r} does not exist")
+        self._path = path
+        self._local = threading.local()
+        self._connections: list[Conn] = []
+        self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="joblot-sqlite-writer")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="joblot-sqlite-reader")
+
+    def _conn(self) -> Conn:
+        conn: Conn | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self._path)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    async def write(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """`fn(conn, *args, **kwargs)` on the writer thread (a write transaction is its own)."""
+        return await self._call(self._writer, fn, *args, **kwargs)
+
+    async def read(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """`fn(conn, *args, **kwargs)` on a reader thread."""
+        return await self._call(self._readers, fn, *args, **kwargs)
+
+    async def _call(
+        self, pool: ThreadPoolExecutor, fn: Callable[..., R], *args: Any, **kwargs: Any
+    ) -> R:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._with_conn, fn, *args, **kwargs)
+        try:
+            return await loop.run_in_executor(pool, call)
+        except sqlite3.OperationalError as exc:
+            if not _TRANSIENT.search(str(exc)):
+                raise
+            raise Unavailable(f"the database is busy or unreachable: {exc}") from exc
+
+    def _with_conn(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        return fn(self._conn(), *args, **kwargs)
+
+    async def close(self) -> None:
+        """Close every connection and stop the threads."""
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+
+def migrate(conn: Conn) -> list[int]:
+    """Apply missing migrations in one write transaction each."""
+    conn.execute(SQL["migrations.create_table"])
+    applied = []
+    for migration in load_migrations("sqlite"):
+        with transaction(conn):
+            done = {v for (v,) in fetch_all(conn, "migrations.applied")}
+            if migration.version in done:
+                continue
+            for statement in split_statements(migration.sql):
+                conn.execute(statement)
+            record = {"version": migration.version, "name": migration.name, "now": time.time()}
+            conn.execute(SQL["migrations.record"], record)
+            applied.append(migration.version)
+    return applied
+
+
+def schema_version(conn: Conn) -> tuple[int, int]:
+    """(applied, latest) migration numbers."""
+    latest = len(load_migrations("sqlite"))
+    exists = fetch_one(conn, "migrations.exists")
+    if not exists:
+        return 0, latest
+    versions = [v for (v,) in fetch_all(conn, "migrations.applied")]
+    return (max(versions) if versions else 0), latest

@@ -1,0 +1,48 @@
+"""SQLite: the cluster-wide chores — requeue lapsed leases, purge expired jobs — and the
+lead that makes one process of all those sharing the file run them at a time."""
+
+from __future__ import annotations
+
+from joblot.store.sqlite.connection import Conn, fetch_all, fetch_one, in_transaction, rowcount
+from joblot.store.sqlite.work import requeue_lease
+
+
+def requeue_expired(conn: Conn, now: float, max_attempts: int, retention: float) -> int:
+    """Return the items of lapsed leases to the queue; fail those out of attempts."""
+    if fetch_one(conn, "requeue_expired.leases", {"now": now}) is None:
+        return 0  # the common case, without taking the write lock
+    count = 0
+    with in_transaction(conn):
+        for lease_id, job_id in fetch_all(conn, "requeue_expired.leases", {"now": now}):
+            count += requeue_lease(
+                conn, lease_id, job_id, now=now, max_attempts=max_attempts, retention=retention
+            )
+    return count
+
+
+def purge_expired(conn: Conn, now: float) -> int:
+    """Delete jobs past their retention, in short transactions."""
+    ids = [i for (i,) in fetch_all(conn, "purge_expired.jobs", {"now": now})]
+    for job_id in ids:
+        purge_job(conn, job_id)
+    return len(ids)
+
+
+def purge_job(conn: Conn, job_id: str) -> None:
+    """Delete a job in bounded steps (each its own transaction unless one is open)."""
+    for name in ("purge_expired.items", "purge_expired.results"):
+        while True:
+            with in_transaction(conn):
+                deleted = rowcount(conn, name, {"id": job_id})
+            if deleted == 0:
+                break
+    with in_transaction(conn):
+        rowcount(conn, "purge_expired.leases", {"id": job_id})
+        rowcount(conn, "purge_expired.job", {"id": job_id})
+
+
+def try_lead(conn: Conn, chore: str, holder: str, now: float, until: float) -> bool:
+    """Take or keep the lead of `chore` until `until`, unless another holder's is live."""
+    params = {"chore": chore, "holder": holder, "now": now, "until": until}
+    with in_transaction(conn):
+        return fetch_one(conn, "maintenance.lead", params) is not None

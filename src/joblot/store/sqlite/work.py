@@ -1,0 +1,144 @@
+"""SQLite: what workers do — claim a batch, finish its items, renew and release leases.
+
+Every function runs on the writer thread with its connection; each write is one
+transaction, and SQLite's single writer is the lock that keeps them apart.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from joblot.models import after_claim, after_finish, after_requeue
+from joblot.store import Claim, ClaimedItem, FinishedItem, FinishOutcome
+from joblot.store.common import NO_ATTEMPT_LIMIT, Refused, worker_lost
+from joblot.store.sqlite.connection import (
+    SQL,
+    Conn,
+    fetch_all,
+    fetch_one,
+    lock_state,
+    rowcount,
+    save_state,
+    transaction,
+)
+
+
+def claim_items(
+    conn: Conn,
+    worker_id: str,
+    job_types: list[str],
+    *,
+    limit: int,
+    now: float,
+    lease_seconds: float,
+) -> Claim | None:
+    """Lease up to `limit` items of the least recently served runnable job."""
+    types = {"job_types": orjson.dumps(job_types).decode()}
+    # A cheap read first: an idle worker polling an idle database takes no write lock.
+    if fetch_one(conn, "claim_items.pick_job", types) is None:
+        return None
+    with transaction(conn):
+        picked = fetch_one(conn, "claim_items.pick_job", types)
+        if picked is None:
+            return None
+        job_id, job_type = picked
+        lease = {"job_id": job_id, "worker_id": worker_id, "expires_at": now + lease_seconds}
+        lease_id = conn.execute(SQL["claim_items.insert_lease"], lease).lastrowid
+        assert lease_id is not None
+        rows = fetch_all(
+            conn,
+            "claim_items.lease_items",
+            {"job_id": job_id, "lease_id": lease_id, "limit": limit},
+        )
+        old = lock_state(conn, job_id)
+        assert old is not None  # picked in this very transaction
+        new = after_claim(old, len(rows))
+        save_state(conn, job_id, old, new, now=now, retention=0.0, claimed_at=now)
+    items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
+    return Claim(lease_id=lease_id, job_id=job_id, job_type=job_type, items=items)
+
+
+def finish_items(
+    conn: Conn,
+    lease_id: int,
+    items: list[FinishedItem],
+    *,
+    message: str | None,
+    final: bool,
+    now: float,
+    retention: float,
+) -> FinishOutcome:
+    """Record results if the lease is still held; otherwise refuse them all."""
+    try:
+        with transaction(conn):
+            lease = fetch_one(conn, "finish_items.lease", {"lease_id": lease_id})
+            if lease is None or lease[1] < now:
+                raise Refused()
+            job_id = lease[0]
+            record(conn, job_id, lease_id, items)
+            old = lock_state(conn, job_id)
+            if old is None:  # purged while this lease was out
+                raise Refused()
+            failed = sum(1 for it in items if not it.success)
+            new = after_finish(old, len(items), failed, message, now)
+            save_state(conn, job_id, old, new, now=now, retention=retention)
+            if final:
+                rowcount(conn, "leases.release_if_done", {"lease_id": lease_id})
+    except Refused:
+        return FinishOutcome(accepted=False)
+    return FinishOutcome(accepted=True, status=new.status)
+
+
+def record(conn: Conn, job_id: str, lease_id: int, items: list[FinishedItem]) -> None:
+    """Take the items off the queue and store their results; Refused unless all were held."""
+    taken = conn.executemany(
+        SQL["finish_items.take_item"], ((job_id, it.index, lease_id) for it in items)
+    ).rowcount
+    if taken != len(items):
+        raise Refused()
+    conn.executemany(
+        SQL["finish_items.insert_result"],
+        ((job_id, it.index, int(it.success), it.entry) for it in items),
+    )
+
+
+def renew_leases(conn: Conn, lease_ids: list[int], now: float, until: float) -> set[int]:
+    """Extend the leases still held; a lapsed one is not revived."""
+    params = {"lease_ids": orjson.dumps(lease_ids).decode(), "now": now, "until": until}
+    with transaction(conn):
+        rows = fetch_all(conn, "renew_leases", params)
+    return {r[0] for r in rows}
+
+
+def release_lease(conn: Conn, lease_id: int, now: float) -> int:
+    """Give back the unstarted items of a lease at once (a worker stopping cleanly)."""
+    with transaction(conn):
+        lease = fetch_one(conn, "finish_items.lease", {"lease_id": lease_id})
+        if lease is None:
+            return 0
+        rowcount(conn, "release_lease.refund", {"lease_id": lease_id})
+        return requeue_lease(
+            conn, lease_id, lease[0], now=now, max_attempts=NO_ATTEMPT_LIMIT, retention=0.0
+        )
+
+
+def requeue_lease(
+    conn: Conn, lease_id: int, job_id: str, *, now: float, max_attempts: int, retention: float
+) -> int:
+    """Return one lease's items to the queue (in the caller's transaction), failing those out
+    of attempts with WorkerLost, and drop the lease; the number of items it held."""
+    lease = {"lease_id": lease_id}
+    rows = fetch_all(conn, "requeue_expired.items", lease)
+    spent = [(i, p, a) for i, p, a in rows if a >= max_attempts]
+    requeued = rowcount(conn, "requeue_expired.requeue", {**lease, "max_attempts": max_attempts})
+    rowcount(conn, "leases.release", lease)
+    old = lock_state(conn, job_id)
+    if old is None:  # the job was purged while its lease was out: nothing to return to
+        return len(rows)
+    new = after_requeue(old, requeued)
+    if spent:
+        (action,) = fetch_one(conn, "requeue_expired.job_action", {"id": job_id})
+        record(conn, job_id, lease_id, [worker_lost(i, p, action, a) for i, p, a in spent])
+        new = after_finish(new, len(spent), len(spent), None, now)
+    save_state(conn, job_id, old, new, now=now, retention=retention)
+    return len(rows)
