@@ -129,7 +129,7 @@ def sequential(url: str, path: str, mode: Mode, count: int, meter: Meter) -> lis
 
 
 async def _concurrent(
-    url: str, path: str, mode: Mode, count: int, meter: Meter, tasks: int
+    url: str, path: str, mode: Mode, count: int, meter: Meter, *, tasks: int
 ) -> list[float]:
     limits = httpx.Limits(max_connections=tasks, max_keepalive_connections=tasks)
     async with httpx.AsyncClient(
@@ -153,10 +153,10 @@ async def _concurrent(
 
 
 def concurrent(
-    url: str, path: str, mode: Mode, count: int, meter: Meter, tasks: int
+    url: str, path: str, mode: Mode, count: int, meter: Meter, *, tasks: int
 ) -> list[float]:
     """`count` GETs from `tasks` coroutines at once, each on its own keep-alive connection."""
-    return asyncio.run(_concurrent(url, path, mode, count, meter, tasks))
+    return asyncio.run(_concurrent(url, path, mode, count, meter, tasks=tasks))
 
 
 Reader = Callable[[str, str, Mode, int, Meter], list[float]]
@@ -184,7 +184,7 @@ def measure_all(
     readers: dict[str, Reader] = {
         "sequential": sequential,
         f"{args.concurrency} concurrent": lambda u, p, m, n, meter: concurrent(
-            u, p, m, n, meter, args.concurrency
+            u, p, m, n, meter, tasks=args.concurrency
         ),
     }
     results: dict[str, dict[str, Timing]] = {

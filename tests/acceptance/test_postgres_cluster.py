@@ -80,8 +80,10 @@ class Processes:
     def stop_all(self) -> None:
         """Stop every process (the database first back up, so workers can drain)."""
         self.cluster.ensure_running()
-        for process in [*self.workers, *self.nodes]:
-            process.stop()
+        for worker in self.workers:
+            worker.stop()
+        for node in self.nodes:
+            node.stop()
 
 
 @pytest.fixture
@@ -208,6 +210,6 @@ def test_a_cluster_survives_a_killed_worker_and_a_database_restart(
         assert all(e["success"] and e["id"] == e["index"] for e in entries)
     assert all(w.proc.poll() is None for w in survivors), processes.log_text()
     assert all(n.proc.poll() is None for n in (node_a, node_b)), processes.log_text()
-    survivor_logs = "".join(w.log.read_text() for w in survivors)
-    assert "of lapsed leases to the queue" in survivor_logs
+    # the maintenance leader, one of the live processes, returned the victim's items
+    assert "of lapsed leases to the queue" in processes.log_text()
     assert "Traceback" not in processes.log_text(), processes.log_text()

@@ -85,7 +85,7 @@ def assert_error(response: Any, code: int, error: str | None = None) -> dict[str
     """A 4xx with exactly `{"error", "description"}`, a named error and a readable text."""
     assert response.status_code == code, (response.status_code, response.content[:300])
     assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert set(body) == {"error", "description"}, body
     assert isinstance(body["error"], str) and body["error"]
     assert isinstance(body["description"], str) and body["description"]

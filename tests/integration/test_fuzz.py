@@ -189,7 +189,7 @@ def _error_name(response: Any) -> str:
         return "<not a JSON error>"
 
 
-def _vary(case: Case, turn: int) -> dict[str, str]:
+def _vary(case: Case[Any], turn: int) -> dict[str, str]:
     """Point some cases at real jobs and a registered job type; vary the credentials."""
     # Assigned, not edited in place, so schemathesis re-checks whether the case is still invalid.
     # OpenAPI matches concrete paths first: /job_statuses/show_many is show_many, not an {id}.
@@ -198,7 +198,7 @@ def _vary(case: Case, turn: int) -> dict[str, str]:
     if "id" in params and (collides or turn % 3 == 0):
         real = TARGET.job_ids[turn % len(TARGET.job_ids)]
         case.path_parameters = {**case.path_parameters, "id": real}
-    body = case.body
+    body: Any = case.body
     if isinstance(body, dict) and isinstance(body.get("job"), dict) and turn % 2 == 0:
         case.body = {**body, "job": {**body["job"], "job_type": "demo.echo"}}
     if turn % 10 == 7:
@@ -217,7 +217,7 @@ def _vary(case: Case, turn: int) -> dict[str, str]:
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_fuzzed_requests_get_documented_answers_and_never_a_5xx(case: Case) -> None:
+def test_fuzzed_requests_get_documented_answers_and_never_a_5xx(case: Case[Any]) -> None:
     headers = _vary(case, next(_TURN))
     response = case.call(headers=headers)
     name = _error_name(response)
