@@ -1,4 +1,4 @@
-"""Helpers of the PostgreSQL cluster test: the local server it stops and starts, and workers."""
+"""Helpers of the PostgreSQL cluster tests: a scratch server they may stop, and workers."""
 
 from __future__ import annotations
 
@@ -6,20 +6,17 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
-from integration.conftest import START_POSTGRES, _in_ci
+from integration.conftest import _in_ci
 
-from .conftest import JOBLOT
-
-_LOOPBACK = ("", "127.0.0.1", "localhost", "::1")
+from .conftest import JOBLOT, free_port
 
 
 def skip_or_fail(reason: str) -> NoReturn:
@@ -29,33 +26,70 @@ def skip_or_fail(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def require_postgres(url: str) -> None:
-    """Skip (fail under CI) unless PostgreSQL answers at `url`; the same rule as integration/."""
-    try:
-        with psycopg.connect(url, connect_timeout=3):
-            pass
-    except psycopg.OperationalError as exc:
-        skip_or_fail(
-            f"PostgreSQL is not reachable at {url} ({str(exc).strip()}); start it with "
-            f"`{START_POSTGRES}` or point JOBLOT_TEST_POSTGRES_URL at a server"
-        )
+PG_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+
+
+def _as_postgres(*command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL server command as the `postgres` user (the server refuses root)."""
+    return subprocess.run(
+        ["runuser", "-u", "postgres", "--", *command],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @dataclass(frozen=True)
-class LocalCluster:
-    """A PostgreSQL cluster on this machine, stopped and started with Debian's pg_ctlcluster."""
+class ScratchCluster:
+    """A throwaway PostgreSQL server of the test's own (initdb in a temporary folder, its own
+    port, trust auth on 127.0.0.1), so a test may stop and start it without disturbing the
+    machine's server or any other test using that one."""
 
-    version: str
-    name: str
+    root: Path
+    port: int
     url: str
+
+    @classmethod
+    def create(cls) -> ScratchCluster:
+        """Make and start a new server; `destroy()` removes it."""
+        if not PG_BINARIES or shutil.which("runuser") is None:
+            skip_or_fail("a scratch PostgreSQL server needs Debian's postgresql and runuser")
+        root = Path(tempfile.mkdtemp(prefix="joblot-pg-"))
+        shutil.chown(root, "postgres", "postgres")
+        port = free_port()
+        cluster = cls(root, port, f"postgresql://postgres@127.0.0.1:{port}/postgres")
+        made = _as_postgres(
+            str(PG_BINARIES[-1] / "initdb"), "-D", str(root / "data"), "-A", "trust",
+            "-U", "postgres", "-E", "UTF8", "--no-sync",
+        )  # fmt: skip
+        if made.returncode != 0:
+            shutil.rmtree(root, ignore_errors=True)
+            raise AssertionError(f"initdb failed: {made.stderr}")
+        cluster.start()
+        return cluster
+
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return _as_postgres(str(PG_BINARIES[-1] / "pg_ctl"), "-D", str(self.root / "data"), *args)
+
+    def _launch(self) -> subprocess.CompletedProcess[str]:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        return self._ctl("-l", str(self.root / "server.log"), "-o", options, "-w", "start")
+
+    def start(self) -> None:
+        """Start the server; returns once it accepts connections."""
+        done = self._launch()
+        assert done.returncode == 0, f"pg_ctl start failed: {done.stderr}{self.server_log()}"
 
     def stop(self) -> None:
         """Shut the server down (fast mode: open connections are cut) and wait until it is."""
-        self._ctl("stop")
+        done = self._ctl("-m", "fast", "-w", "stop")
+        assert done.returncode == 0, f"pg_ctl stop failed: {done.stderr}"
 
-    def start(self) -> None:
-        """Start the server; returns once it is up."""
-        self._ctl("start")
+    def server_log(self) -> str:
+        """What the server logged, to explain a failure."""
+        log = self.root / "server.log"
+        return log.read_text(errors="replace") if log.exists() else ""
 
     def accepting(self) -> bool:
         """Whether the server accepts connections right now (`pg_isready`)."""
@@ -76,37 +110,13 @@ class LocalCluster:
     def ensure_running(self) -> None:
         """Start the server unless it accepts connections: a failed test must not leave it down."""
         if not self.accepting():
-            # exit status 2 means "already running": the server was merely still starting
-            subprocess.run(self._command("start"), check=False, timeout=120, capture_output=True)
+            self._launch()  # it may have been starting already: then this fails, harmlessly
         self.wait_accepting(60)
 
-    def _command(self, action: str) -> list[str]:
-        return ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, action]
-
-    def _ctl(self, action: str) -> None:
-        done = subprocess.run(
-            self._command(action), check=False, timeout=120, capture_output=True, text=True
-        )
-        assert done.returncode == 0, f"pg_ctlcluster {action} failed: {done.stderr}"
-
-
-def local_cluster(url: str) -> LocalCluster | None:
-    """The pg_ctlcluster cluster serving `url`, if it runs on this machine; else None."""
-    params = conninfo_to_dict(url)
-    host = str(params.get("host") or "")
-    if not (host in _LOOPBACK or host.startswith("/")):
-        return None
-    if shutil.which("pg_lsclusters") is None or shutil.which("pg_ctlcluster") is None:
-        return None
-    port = str(params.get("port") or 5432)
-    listed = subprocess.run(
-        ["pg_lsclusters", "--no-header"], check=False, capture_output=True, text=True, timeout=30
-    )
-    for line in listed.stdout.splitlines():
-        version, name, cluster_port, *_ = line.split()
-        if cluster_port == port:
-            return LocalCluster(version, name, url)
-    return None
+    def destroy(self) -> None:
+        """Stop the server and delete its files."""
+        self._ctl("-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class WorkerProcess:

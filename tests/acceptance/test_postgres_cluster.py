@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -14,10 +13,10 @@ import httpx
 import psycopg
 import pytest
 
-from integration.conftest import DEFAULT_POSTGRES_URL, fresh_schema
+from integration.conftest import fresh_schema
 
 from .conftest import Server, run_cli
-from .pgcluster import LocalCluster, WorkerProcess, local_cluster, require_postgres, skip_or_fail
+from .pgcluster import ScratchCluster, WorkerProcess
 
 ITEMS = 3000  # per job; more than inline_results, so results are read from /results pages
 SECONDS = 0.004  # per item: the two jobs take several seconds on three workers
@@ -25,24 +24,17 @@ RECOVERY_LIMIT = 10.0  # seconds from PostgreSQL's return until every API node a
 
 
 @pytest.fixture
-def cluster() -> Iterator[LocalCluster]:
-    """The local PostgreSQL the test may stop; running again afterwards, whatever happened."""
-    url = os.environ.get("JOBLOT_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    require_postgres(url)
-    found = local_cluster(url)
-    if found is None:
-        skip_or_fail(
-            f"this test stops and starts the PostgreSQL server at {url}, so it needs that "
-            "server on this machine, run by pg_ctlcluster (see pg_lsclusters)"
-        )
+def cluster() -> Iterator[ScratchCluster]:
+    """A PostgreSQL server of this test's own, which it may stop; removed afterwards."""
+    scratch = ScratchCluster.create()
     try:
-        yield found
+        yield scratch
     finally:
-        found.ensure_running()
+        scratch.destroy()
 
 
 @pytest.fixture
-def database(cluster: LocalCluster, joblot_env: dict[str, str]) -> Iterator[str]:
+def database(cluster: ScratchCluster, joblot_env: dict[str, str]) -> Iterator[str]:
     """A fresh, migrated schema; its URL selects it with `options=-c search_path=...`."""
     with fresh_schema(cluster.url) as url:
         try:
@@ -56,7 +48,7 @@ def database(cluster: LocalCluster, joblot_env: dict[str, str]) -> Iterator[str]
 class Processes:
     """The API nodes and workers of one test; all are stopped at its end."""
 
-    def __init__(self, db: str, env: dict[str, str], logs: Path, cluster: LocalCluster) -> None:
+    def __init__(self, db: str, env: dict[str, str], logs: Path, cluster: ScratchCluster) -> None:
         self.db, self.env, self.logs, self.cluster = db, env, logs, cluster
         self.nodes: list[Server] = []
         self.workers: list[WorkerProcess] = []
@@ -88,7 +80,7 @@ class Processes:
 
 @pytest.fixture
 def processes(
-    database: str, cluster: LocalCluster, joblot_env: dict[str, str], tmp_path: Path
+    database: str, cluster: ScratchCluster, joblot_env: dict[str, str], tmp_path: Path
 ) -> Iterator[Processes]:
     """Starts processes on the test's schema; they are stopped before the schema is dropped."""
     started = Processes(database, joblot_env, tmp_path, cluster)
@@ -151,7 +143,7 @@ def seconds_until_200(node: Server, job_id: str, since: float) -> float:
 
 @pytest.mark.slow
 def test_a_cluster_survives_a_killed_worker_and_a_database_restart(
-    processes: Processes, cluster: LocalCluster
+    processes: Processes, cluster: ScratchCluster
 ) -> None:
     node_a, node_b = processes.api_node(), processes.api_node()
     workers = [processes.worker() for _ in range(3)]
