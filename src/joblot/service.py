@@ -270,11 +270,12 @@ class Service:
     async def finish_items(
         self, lease_id: int, items: list[FinishedItem], *, message: str | None, final: bool
     ) -> FinishOutcome:
-        """Record results under a lease; refused if the lease lapsed."""
+        """Record results under a lease; refused if the lease lapsed. The message is made
+        storable first (no NUL, no lone surrogate: see `joblot.codec`)."""
         return await self.store.finish_items(
             lease_id,
             items,
-            message=message,
+            message=None if message is None else codec.storable_text(message),
             final=final,
             now=self.clock(),
             retention=self.settings.retention_seconds,
@@ -287,7 +288,7 @@ class Service:
             await self.store.stop_job(
                 None,
                 job_id,
-                message=message,
+                message=codec.storable_text(message),
                 now=self.clock(),
                 retention=self.settings.retention_seconds,
             )

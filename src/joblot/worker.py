@@ -20,7 +20,7 @@ from joblot.errors import JoblotError
 from joblot.maintenance import Maintenance
 from joblot.models import failure_entry, success_entry
 from joblot.service import Service
-from joblot.store import Claim, ClaimedItem, FinishedItem
+from joblot.store import Claim, ClaimedItem, FinishedItem, FinishOutcome
 
 log = logging.getLogger("joblot.worker")
 
@@ -33,7 +33,8 @@ def to_result(job_type: JobType, index: int, ident: dict[str, Any], returned: An
 
     `ident` holds the item's `id`, taken before the handler ran (handlers may change items).
     Whatever the handler did, this returns an entry: a result that cannot be stored fails
-    its item with `InvalidResult` instead of the worker.
+    its item with `InvalidResult` instead of the worker, and text that a database cannot hold
+    is made storable (see `joblot.codec`).
     """
     if isinstance(returned, BaseException):
         return _failure(job_type, index, ident, *_describe(returned))
@@ -45,22 +46,18 @@ def to_result(job_type: JobType, index: int, ident: dict[str, Any], returned: An
         return _failure(job_type, index, ident, "InvalidResult", details)
     try:
         entry = success_entry(index, ident, job_type.action, returned)
-        return FinishedItem(index, True, codec.dumps(entry))
-    except (TypeError, ValueError) as exc:
-        details = f"the handler's result is not JSON-serializable: {exc}"
+        return FinishedItem(index, True, codec.dumps_storable(entry))
+    except Exception as exc:  # not JSON, or a value whose str() raises
+        details = f"the handler's result is not JSON-serializable: {_safe_str(exc)}"
         return _failure(job_type, index, ident, "InvalidResult", details)
 
 
 def _failure(
     job_type: JobType, index: int, ident: dict[str, Any], error: str, details: str
 ) -> FinishedItem:
-    entry = failure_entry(index, ident, job_type.action, _text(error), _text(details))
+    error, details = codec.without_surrogates(error), codec.without_surrogates(details)
+    entry = failure_entry(index, ident, job_type.action, error, details)
     return FinishedItem(index, False, codec.dumps(entry))
-
-
-def _text(value: str) -> str:
-    """Text that JSON can carry: lone surrogates (from odd exception messages) are replaced."""
-    return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def _ident(item: dict[str, Any]) -> dict[str, Any]:
@@ -69,8 +66,34 @@ def _ident(item: dict[str, Any]) -> dict[str, Any]:
 
 def _describe(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ItemFailed):
-        return exc.error, exc.details
-    return type(exc).__name__, str(exc) or repr(exc)
+        return _safe_str(exc.error), _safe_str(exc.details)
+    return type(exc).__name__, _safe_str(exc) or type(exc).__name__
+
+
+def _safe_str(value: object) -> str:
+    """str(value), or a plain stand-in when its __str__ raises (handlers' objects may)."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown as text>"
+
+
+class _Refused(Exception):
+    """The database refused results or a message (logged where it happened)."""
+
+
+def _indexes(results: list[FinishedItem]) -> str:
+    shown = ", ".join(str(it.index) for it in results[:20])
+    return shown + (f" and {len(results) - 20} more" if len(results) > 20 else "")
+
+
+def _unstorable(batch: Batch, finished: FinishedItem) -> FinishedItem:
+    """A plain failed entry in place of a result the database refused."""
+    ident = {}
+    with contextlib.suppress(Exception):
+        ident = _ident(codec.decode_item(finished.entry))
+    details = "the database refused this item's result; see the worker's log"
+    return _failure(batch.job_type, finished.index, ident, "UnstorableResult", details)
 
 
 class Batch:
@@ -199,6 +222,21 @@ class Worker:
         return None
 
     async def _run_batch(self, claim: Claim) -> None:
+        """Run one claimed batch to its end. Nothing escapes: a failure is logged with the job
+        and the batch's lease is released or left to lapse, so its items run again."""
+        try:
+            await self._run_claim(claim)
+        except Exception:
+            log.exception(
+                "batch of job %s (lease %d) failed unexpectedly; its items go back to the queue "
+                "when the lease lapses",
+                claim.job_id,
+                claim.lease_id,
+            )
+        finally:
+            self._batches.pop(claim.lease_id, None)
+
+    async def _run_claim(self, claim: Claim) -> None:
         job_type = self.app.get(claim.job_type)
         assert job_type is not None  # only registered types are claimed
         batch = Batch(claim, job_type)
@@ -214,7 +252,6 @@ class Worker:
             ran.set()
             await flusher
             await self._conclude(batch)
-            del self._batches[claim.lease_id]
         self._adapt_claim_size(len(claim.items), time.monotonic() - started)
 
     async def _run_items(self, batch: Batch) -> None:
@@ -239,7 +276,7 @@ class Worker:
                 returned = handler(payload, ctx)
             except JobAborted as exc:
                 return self._abort(batch, exc)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: a handler thread cannot end the worker
                 returned = exc
             batch.record(item, ident, returned, ctx)
 
@@ -252,7 +289,9 @@ class Worker:
                     returned = await handler(payload, ctx)
                 except JobAborted as exc:
                     return self._abort(batch, exc)
-                except Exception as exc:
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # SystemExit too: it would stop the event loop
                     returned = exc
             batch.record(item, ident, returned, ctx)
 
@@ -281,20 +320,10 @@ class Worker:
         done, message = batch.take()
         if not done and message is None and not final:
             return
-        try:
-            outcome = await self.service.finish_items(
-                batch.claim.lease_id, done, message=message, final=final
-            )
-        except JoblotError as exc:
-            log.warning(
-                "could not report %d results of job %s: %s",
-                len(done),
-                batch.claim.job_id,
-                exc.description,
-            )
-            batch.stopped = True
-            return
-        if not outcome.accepted:
+        outcome = await self._report(batch, done, message, final=final)
+        if outcome is None:
+            batch.stopped = True  # the lease lapses and the unreported items run again
+        elif not outcome.accepted:
             log.warning(
                 "lease %d of job %s lapsed or was revoked; %d results refused",
                 batch.claim.lease_id,
@@ -305,15 +334,89 @@ class Worker:
         elif outcome.status is not None and outcome.status.finished:
             self._stop_batches_of(batch.claim.job_id)  # cancelled, aborted or over threshold
 
+    async def _report(
+        self, batch: Batch, done: list[FinishedItem], message: str | None, *, final: bool
+    ) -> FinishOutcome | None:
+        """Record results and the message; None if that cannot be done now.
+
+        What a handler produced must not stop its job, even if the database refuses it: the
+        results are tried again without the message, then one by one, and a result refused on
+        its own is recorded as a plain failure (`UnstorableResult`) instead.
+        """
+        with contextlib.suppress(_Refused):
+            return await self._finish(batch, done, message, final=final)
+        if message is not None:
+            with contextlib.suppress(_Refused):
+                return await self._finish(batch, done, None, final=final)
+        outcome: FinishOutcome | None = FinishOutcome(accepted=True)
+        for finished in done:
+            try:
+                outcome = await self._finish(batch, [finished], None, final=final)
+            except _Refused:
+                log.error(
+                    "job %s item %d: the database refused its result; recording UnstorableResult",
+                    batch.claim.job_id,
+                    finished.index,
+                )
+                with contextlib.suppress(_Refused):
+                    outcome = await self._finish(
+                        batch, [_unstorable(batch, finished)], None, final=final
+                    )
+            if outcome is None or not outcome.accepted:
+                break
+        return outcome
+
+    async def _finish(
+        self, batch: Batch, results: list[FinishedItem], message: str | None, *, final: bool
+    ) -> FinishOutcome | None:
+        """`finish_items`; None when the database cannot be reached (the lease then lapses and
+        the items run again), _Refused (logged) when it refused what it was given."""
+        try:
+            return await self.service.finish_items(
+                batch.claim.lease_id, results, message=message, final=final
+            )
+        except JoblotError as exc:
+            log.warning(
+                "could not report %d results of job %s: %s",
+                len(results),
+                batch.claim.job_id,
+                exc.description,
+            )
+            return None
+        except Exception as exc:
+            log.error(
+                "job %s: the database refused the results of items [%s]%s",
+                batch.claim.job_id,
+                _indexes(results),
+                " or the message" if message is not None else "",
+                exc_info=True,
+            )
+            raise _Refused() from exc
+
     async def _conclude(self, batch: Batch) -> None:
-        """Report the last results; abort the job, or hand back items that never started."""
+        """Report the last results; abort the job, or hand back items that never started.
+
+        Never raises: the lease is released, or left to lapse so that its items run again."""
         unstarted = bool(batch.todo)
-        await self._flush(batch, final=not unstarted and batch.aborted is None)
-        if batch.aborted is not None:
-            await self.service.abort_job(batch.claim.job_id, batch.aborted)
-        elif unstarted:
-            with contextlib.suppress(JoblotError):
+        try:
+            await self._flush(batch, final=not unstarted and batch.aborted is None)
+            if batch.aborted is not None:
+                await self.service.abort_job(batch.claim.job_id, batch.aborted)
+            elif unstarted:
                 await self.service.release_lease(batch.claim.lease_id)
+        except JoblotError as exc:
+            log.warning(
+                "could not conclude the batch of job %s (lease %d): %s",
+                batch.claim.job_id,
+                batch.claim.lease_id,
+                exc.description,
+            )
+        except Exception:
+            log.exception(
+                "could not conclude the batch of job %s (lease %d)",
+                batch.claim.job_id,
+                batch.claim.lease_id,
+            )
 
     def _adapt_claim_size(self, count: int, seconds: float) -> None:
         rate = count / max(seconds, 1e-6)

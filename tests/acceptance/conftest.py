@@ -15,7 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
+from integration.conftest import fresh_schema, postgres_url  # noqa: F401 (a fixture, used here)
+
 JOBLOT = str(Path(sys.executable).with_name("joblot"))
+TESTS = str(Path(__file__).resolve().parent.parent)  # on PYTHONPATH, for test apps
+MISBEHAVING_APP = "acceptance.misbehaving:app"
 
 
 def free_port() -> int:
@@ -112,8 +116,21 @@ class Server:
 def joblot_env(tmp_path: Path) -> dict[str, str]:
     """Environment for joblot processes: short leases so lost items come back quickly."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBLOT_")}
-    env.update(JOBLOT_LEASE_SECONDS="1", JOBLOT_LOG_LEVEL="info")
+    env.update(JOBLOT_LEASE_SECONDS="1", JOBLOT_LOG_LEVEL="info", PYTHONPATH=TESTS)
     return env
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each backend: a new SQLite file, or a new PostgreSQL schema.
+
+    Ask for it before `start_server`, so that the servers stop before the schema is dropped.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/joblot.db"
+        return
+    with fresh_schema(request.getfixturevalue("postgres_url")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -121,9 +138,11 @@ def start_server(tmp_path: Path, joblot_env: dict[str, str]) -> Iterator[Any]:
     """Start `joblot serve` processes; all are stopped at the end of the test."""
     servers: list[Server] = []
 
-    def start(workers: int = 1, db: str | None = None) -> Server:
+    def start(workers: int = 1, db: str | None = None, **env: str) -> Server:
+        """`env` adds JOBLOT_* (or other) variables to this server's environment."""
         database = db or f"sqlite:///{tmp_path}/joblot.db"
-        server = Server(database, workers, joblot_env, tmp_path / f"serve{len(servers)}.log")
+        log = tmp_path / f"serve{len(servers)}.log"
+        server = Server(database, workers, {**joblot_env, **env}, log)
         servers.append(server)
         return server
 

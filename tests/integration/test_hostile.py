@@ -380,13 +380,14 @@ def _bad_results_app() -> App:
             "bytes": {"raw": b"\xff"},
             "int-key": {1: "one"},
             "huge-int": {"n": 2**70},
-            "surrogate": {"text": "\ud800"},
             "deep": deep,
         }
         if kind == "not-a-dict":
             return ["a", "list"]
         if kind == "ok":
             return {"fine": True}
+        if kind == "surrogate":
+            return {"text": "a\ud800b"}
         return returned[kind]
 
     return app
@@ -398,7 +399,6 @@ BAD_RESULT_KINDS = [
     "bytes",
     "int-key",
     "huge-int",
-    "surrogate",
     "deep",
     "not-a-dict",
 ]
@@ -408,7 +408,7 @@ async def test_handler_results_that_are_not_json_fail_their_item_and_the_job_com
     tmp_path: Path,
 ) -> None:
     async with harness(tmp_path, app=_bad_results_app(), concurrency=2, batch_size=2) as h:
-        kinds = ["ok", *BAD_RESULT_KINDS, "ok"]
+        kinds = ["ok", *BAD_RESULT_KINDS, "surrogate", "ok"]
         items = [{"id": i, "kind": kind} for i, kind in enumerate(kinds)]
         job_id = (await h.submit(items, "test.bad_results"))["id"]
         h.start_worker()
@@ -418,9 +418,16 @@ async def test_handler_results_that_are_not_json_fail_their_item_and_the_job_com
         assert [entry["index"] for entry in results] == list(range(len(kinds)))
         assert results[0] == {"index": 0, "id": 0, "fine": True, "success": True}
         assert results[-1]["success"] is True
-        for entry in results[1:-1]:
+        for entry in results[1:-2]:
             assert entry["success"] is False and entry["error"] == "InvalidResult", entry
             assert entry["details"] and entry["id"] == entry["index"]
+        # text JSON can carry once a lone surrogate is made U+FFFD is stored, not refused
+        assert results[-2] == {
+            "index": len(kinds) - 2,
+            "id": len(kinds) - 2,
+            "text": "a\ufffdb",
+            "success": True,
+        }
         later = (await h.submit([{"id": 0, "kind": "ok"}], "test.bad_results"))["id"]
         assert (await h.wait(later, timeout=10))["status"] == "completed", "the worker lives on"
 
