@@ -175,13 +175,17 @@ def after_claim(state: JobState, claimed: int) -> JobState:
 def after_finish(
     state: JobState, done: int, failed: int, message: str | None, now: float
 ) -> JobState:
-    """`done` items finished (`failed` of them unsuccessfully): count them, maybe finish the job."""
+    """`done` items finished (`failed` of them unsuccessfully): count them, maybe finish the job.
+
+    A handler's `message` is kept while the job runs; once it has stopped, its message says
+    why (cancelled, aborted, too many failures) and late results no longer change it.
+    """
     progress, failures = state.progress + done, state.failures + failed
     new = replace(state, progress=progress, failures=failures)
-    if message is not None:
-        new = replace(new, message=message, message_set=True)
     if state.status.finished:
         return new
+    if message is not None:
+        new = replace(new, message=message, message_set=True)
     if state.max_failures is not None and failures > state.max_failures:
         text = f"Failed: {failures} items failed, more than the {state.max_failures} allowed"
         return replace(new, status=Status.FAILED, pending=0, skipped=state.pending, message=text)
@@ -219,3 +223,11 @@ def after_stop(state: JobState, message: str | None) -> JobState:
         message=text,
         cancelled=cancelled,
     )
+
+
+def stopped(state: JobState, abort: str | None) -> JobState:
+    """`state` after a handler aborted the job with message `abort` (None: it did not); a job
+    that already finished stays as it is."""
+    if abort is None or state.status.finished:
+        return state
+    return after_stop(state, abort)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -15,7 +14,6 @@ from joblot import codec
 from joblot.app import App, JobType
 from joblot.config import Settings
 from joblot.errors import (
-    JobFinished,
     RecordInvalid,
     RecordNotFound,
     TooManyItems,
@@ -268,10 +266,17 @@ class Service:
         )
 
     async def finish_items(
-        self, lease_id: int, items: list[FinishedItem], *, message: str | None, final: bool
+        self,
+        lease_id: int,
+        items: list[FinishedItem],
+        *,
+        message: str | None,
+        final: bool,
+        abort: str | None = None,
     ) -> FinishOutcome:
-        """Record results under a lease; refused if the lease lapsed. The message is made
-        storable first (no NUL, no lone surrogate: see `joblot.codec`)."""
+        """Record results under a lease; refused if the lease lapsed. With `abort`, a handler
+        stopped the whole job: it fails with that message in the same transaction. Messages
+        are made storable first (no NUL, no lone surrogate: see `joblot.codec`)."""
         return await self.store.finish_items(
             lease_id,
             items,
@@ -279,19 +284,8 @@ class Service:
             final=final,
             now=self.clock(),
             retention=self.settings.retention_seconds,
+            abort=None if abort is None else codec.storable_text(abort),
         )
-
-    async def abort_job(self, job_id: str, message: str) -> None:
-        """A handler stopped the whole job."""
-        # JobFinished: it finished (or was cancelled) meanwhile, so nothing is left to stop
-        with contextlib.suppress(JobFinished):
-            await self.store.stop_job(
-                None,
-                job_id,
-                message=codec.storable_text(message),
-                now=self.clock(),
-                retention=self.settings.retention_seconds,
-            )
 
     async def renew_leases(self, lease_ids: list[int]) -> set[int]:
         """Extend held leases by one lease length; return those still held."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -105,7 +106,8 @@ class Batch:
         self.todo: deque[ClaimedItem] = deque(claim.items)
         self.done: list[FinishedItem] = []
         self.message: str | None = None
-        self.aborted: str | None = None
+        self.aborted: str | None = None  # the reason of the first item that aborted the job
+        self.aborted_entries: list[FinishedItem] = []  # reported together with the abort
         self.stopped = False  # no new item starts once set
         self.lock = threading.Lock()
 
@@ -131,6 +133,17 @@ class Batch:
             self.done.append(result)
             if ctx.reported is not None:
                 self.message = ctx.reported
+
+    def abort(self, item: ClaimedItem, ident: dict[str, Any], exc: JobAborted) -> None:
+        """The item's handler aborted the whole job: keep its `Aborted` entry for the report
+        that stops the job, and start no more items."""
+        reason = _safe_str(exc.message)
+        entry = _failure(self.job_type, item.index, ident, "Aborted", reason)
+        with self.lock:
+            self.aborted_entries.append(entry)
+            if self.aborted is None:
+                self.aborted = reason
+            self.stopped = True
 
     def take(self) -> tuple[list[FinishedItem], str | None]:
         """The results and message gathered since the last flush."""
@@ -262,12 +275,12 @@ class Worker:
             loop = asyncio.get_running_loop()
             await asyncio.gather(
                 *(
-                    loop.run_in_executor(self._threads, self._run_sync, batch)
+                    loop.run_in_executor(self._threads, self._run_sync, batch, loop)
                     for _ in range(runners)
                 )
             )
 
-    def _run_sync(self, batch: Batch) -> None:
+    def _run_sync(self, batch: Batch, loop: asyncio.AbstractEventLoop) -> None:
         """Runs in a handler thread: start items until the batch is drained or stopped."""
         handler = batch.job_type.handler
         while (item := batch.next_item()) is not None:
@@ -275,7 +288,9 @@ class Worker:
             try:
                 returned = handler(payload, ctx)
             except JobAborted as exc:
-                return self._abort(batch, exc)
+                batch.abort(item, ident, exc)
+                loop.call_soon_threadsafe(self._stop_batches_of, batch.claim.job_id)
+                return
             except BaseException as exc:  # SystemExit too: a handler thread cannot end the worker
                 returned = exc
             batch.record(item, ident, returned, ctx)
@@ -288,16 +303,14 @@ class Worker:
                 try:
                     returned = await handler(payload, ctx)
                 except JobAborted as exc:
-                    return self._abort(batch, exc)
+                    batch.abort(item, ident, exc)
+                    self._stop_batches_of(batch.claim.job_id)
+                    return
                 except asyncio.CancelledError:
                     raise
                 except BaseException as exc:  # SystemExit too: it would stop the event loop
                     returned = exc
             batch.record(item, ident, returned, ctx)
-
-    def _abort(self, batch: Batch, exc: JobAborted) -> None:
-        batch.aborted = exc.message
-        self._stop_batches_of(batch.claim.job_id)
 
     def _stop_batches_of(self, job_id: str) -> None:
         """The job stopped: start no more of its items in any batch of this worker."""
@@ -316,11 +329,11 @@ class Worker:
                 return
             await self._flush(batch, final=False)
 
-    async def _flush(self, batch: Batch, *, final: bool) -> None:
+    async def _flush(self, batch: Batch, *, final: bool, abort: str | None = None) -> None:
         done, message = batch.take()
         if not done and message is None and not final:
             return
-        outcome = await self._report(batch, done, message, final=final)
+        outcome = await self._report(batch, done, message, final=final, abort=abort)
         if outcome is None:
             batch.stopped = True  # the lease lapses and the unreported items run again
         elif not outcome.accepted:
@@ -335,7 +348,13 @@ class Worker:
             self._stop_batches_of(batch.claim.job_id)  # cancelled, aborted or over threshold
 
     async def _report(
-        self, batch: Batch, done: list[FinishedItem], message: str | None, *, final: bool
+        self,
+        batch: Batch,
+        done: list[FinishedItem],
+        message: str | None,
+        *,
+        final: bool,
+        abort: str | None,
     ) -> FinishOutcome | None:
         """Record results and the message; None if that cannot be done now.
 
@@ -343,15 +362,16 @@ class Worker:
         results are tried again without the message, then one by one, and a result refused on
         its own is recorded as a plain failure (`UnstorableResult`) instead.
         """
+        report = functools.partial(self._finish, batch, final=final, abort=abort)
         with contextlib.suppress(_Refused):
-            return await self._finish(batch, done, message, final=final)
+            return await report(done, message)
         if message is not None:
             with contextlib.suppress(_Refused):
-                return await self._finish(batch, done, None, final=final)
+                return await report(done, None)
         outcome: FinishOutcome | None = FinishOutcome(accepted=True)
         for finished in done:
             try:
-                outcome = await self._finish(batch, [finished], None, final=final)
+                outcome = await report([finished], None)
             except _Refused:
                 log.error(
                     "job %s item %d: the database refused its result; recording UnstorableResult",
@@ -359,21 +379,25 @@ class Worker:
                     finished.index,
                 )
                 with contextlib.suppress(_Refused):
-                    outcome = await self._finish(
-                        batch, [_unstorable(batch, finished)], None, final=final
-                    )
+                    outcome = await report([_unstorable(batch, finished)], None)
             if outcome is None or not outcome.accepted:
                 break
         return outcome
 
     async def _finish(
-        self, batch: Batch, results: list[FinishedItem], message: str | None, *, final: bool
+        self,
+        batch: Batch,
+        results: list[FinishedItem],
+        message: str | None,
+        *,
+        final: bool,
+        abort: str | None,
     ) -> FinishOutcome | None:
         """`finish_items`; None when the database cannot be reached (the lease then lapses and
         the items run again), _Refused (logged) when it refused what it was given."""
         try:
             return await self.service.finish_items(
-                batch.claim.lease_id, results, message=message, final=final
+                batch.claim.lease_id, results, message=message, final=final, abort=abort
             )
         except JoblotError as exc:
             log.warning(
@@ -394,15 +418,22 @@ class Worker:
             raise _Refused() from exc
 
     async def _conclude(self, batch: Batch) -> None:
-        """Report the last results; abort the job, or hand back items that never started.
+        """Report the last results (with an abort, the job fails in the same transaction) and
+        hand back the items that never started.
 
         Never raises: the lease is released, or left to lapse so that its items run again."""
         unstarted = bool(batch.todo)
         try:
-            await self._flush(batch, final=not unstarted and batch.aborted is None)
             if batch.aborted is not None:
-                await self.service.abort_job(batch.claim.job_id, batch.aborted)
-            elif unstarted:
+                batch.done.extend(batch.aborted_entries)
+                log.info(
+                    "job %s aborted by its handler: %s",
+                    batch.claim.job_id,
+                    batch.aborted,
+                    extra={"job_id": batch.claim.job_id, "job_type": batch.claim.job_type},
+                )
+            await self._flush(batch, final=not unstarted, abort=batch.aborted)
+            if unstarted:
                 await self.service.release_lease(batch.claim.lease_id)
         except JoblotError as exc:
             log.warning(

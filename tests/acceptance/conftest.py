@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from integration.conftest import fresh_schema, postgres_url  # noqa: F401 (a fixture, used here)
@@ -149,6 +152,19 @@ def start_server(tmp_path: Path, joblot_env: dict[str, str]) -> Iterator[Any]:
     yield start
     for server in servers:
         server.stop()
+
+
+def count_rows(db_url: str, table: str, job_id: str, where: str = "") -> int:
+    """How many rows of `table` belong to `job_id` right now, read from the database itself."""
+    condition = f" AND {where}" if where else ""
+    if db_url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn:
+            sql = f"SELECT count(*) FROM {table} WHERE job_id = ?{condition}"
+            return int(conn.execute(sql, (job_id,)).fetchone()[0])
+    with psycopg.connect(db_url) as pg:
+        sql = f"SELECT count(*) FROM {table} WHERE job_id = %s{condition}"
+        row = pg.execute(sql, (job_id,)).fetchone()
+        return 0 if row is None else int(row[0])
 
 
 def run_cli(

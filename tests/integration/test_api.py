@@ -258,7 +258,15 @@ async def test_a_handler_can_abort_the_whole_job(tmp_path: Path) -> None:
         final = await h.wait(job_id)
         assert final["status"] == "failed"
         assert final["message"] == "item 3 found the account locked"
-        assert [e["index"] for e in final["results"]] == [0, 1, 2]
+        # the aborting item's entry is recorded in the transaction that fails the job
+        assert [e["index"] for e in final["results"]] == [0, 1, 2, 3]
+        assert final["results"][3] == {
+            "index": 3,
+            "id": 3,
+            "success": False,
+            "error": "Aborted",
+            "details": "item 3 found the account locked",
+        }
 
 
 async def test_a_message_set_by_a_handler_is_kept_on_completion(tmp_path: Path) -> None:

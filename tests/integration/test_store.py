@@ -569,6 +569,31 @@ async def test_abort_stops_the_job_with_the_handlers_message(store: Store) -> No
     assert (final.status, final.message) == (Status.FAILED, "Aborted: the API key was revoked")
 
 
+async def test_results_reported_with_an_abort_fail_the_job_even_when_they_are_its_last(
+    store: Store,
+) -> None:
+    row = await submit(store, 2)
+    claimed = await claim(store, T0 + 1)
+    outcome = await store.finish_items(
+        claimed.lease_id,
+        [done(item, success=False) for item in claimed.items],
+        message="ignored: the abort's message wins",
+        final=True,
+        now=T0 + 2,
+        retention=RETENTION,
+        abort="the API key was revoked",
+    )
+    assert (outcome.accepted, outcome.status) == (True, Status.FAILED)
+    final = await get(store, row.id, T0 + 2)
+    assert (final.status, final.progress, final.message) == (
+        Status.FAILED,
+        2,
+        "the API key was revoked",
+    )
+    assert final.results is not None and len(final.results) == 2
+    assert await store.renew_leases([claimed.lease_id], T0 + 3, T0 + 9) == set()  # released
+
+
 async def test_release_lease_refunds_attempts_and_requeues_at_once(store: Store) -> None:
     row = await submit(store, 2)
     claimed = await claim(store, T0 + 1)

@@ -180,8 +180,13 @@ class Store(Protocol):
         final: bool,
         now: float,
         retention: float,
+        abort: str | None = None,
     ) -> FinishOutcome:
-        """Record results under a lease, unless it lapsed; `final` releases the lease."""
+        """Record results under a lease, unless it lapsed; `final` releases the lease.
+
+        With `abort`, a handler stopped the whole job: in the same transaction the job fails
+        with that message (unless it already finished), before the results are counted.
+        """
 
     async def renew_leases(self, lease_ids: list[int], now: float, until: float) -> set[int]:
         """Extend the live leases among `lease_ids`; return those still held."""

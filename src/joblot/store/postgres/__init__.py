@@ -162,11 +162,19 @@ class PostgresStore:
         final: bool,
         now: float,
         retention: float,
+        abort: str | None = None,
     ) -> FinishOutcome:
         """Record results if the lease is still held; otherwise refuse them all."""
         async with self._pool.connection() as conn:
             return await work.finish_items(
-                conn, lease_id, items, message=message, final=final, now=now, retention=retention
+                conn,
+                lease_id,
+                items,
+                message=message,
+                final=final,
+                now=now,
+                retention=retention,
+                abort=abort,
             )
 
     async def renew_leases(self, lease_ids: list[int], now: float, until: float) -> set[int]:

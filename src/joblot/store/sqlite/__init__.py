@@ -139,6 +139,7 @@ class SQLiteStore:
         final: bool,
         now: float,
         retention: float,
+        abort: str | None = None,
     ) -> FinishOutcome:
         """Record results if the lease is still held; otherwise refuse them all."""
         return await self._db.write(
@@ -149,6 +150,7 @@ class SQLiteStore:
             final=final,
             now=now,
             retention=retention,
+            abort=abort,
         )
 
     async def renew_leases(self, lease_ids: list[int], now: float, until: float) -> set[int]:

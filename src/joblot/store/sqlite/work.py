@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import orjson
 
-from joblot.models import after_claim, after_finish, after_requeue
+from joblot.models import after_claim, after_finish, after_requeue, stopped
 from joblot.store import Claim, ClaimedItem, FinishedItem, FinishOutcome
 from joblot.store.common import NO_ATTEMPT_LIMIT, Refused, worker_lost
 from joblot.store.sqlite.connection import (
@@ -67,8 +67,11 @@ def finish_items(
     final: bool,
     now: float,
     retention: float,
+    abort: str | None = None,
 ) -> FinishOutcome:
-    """Record results if the lease is still held; otherwise refuse them all."""
+    """Record results if the lease is still held; otherwise refuse them all. With `abort`, the
+    job fails with that message first (unless it finished already), so that these results,
+    though they may be its last, cannot complete it."""
     try:
         with transaction(conn):
             lease = fetch_one(conn, "finish_items.lease", {"lease_id": lease_id})
@@ -80,7 +83,7 @@ def finish_items(
             if old is None:  # purged while this lease was out
                 raise Refused()
             failed = sum(1 for it in items if not it.success)
-            new = after_finish(old, len(items), failed, message, now)
+            new = after_finish(stopped(old, abort), len(items), failed, message, now)
             save_state(conn, job_id, old, new, now=now, retention=retention)
             if final:
                 rowcount(conn, "leases.release_if_done", {"lease_id": lease_id})
