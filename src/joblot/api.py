@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -27,6 +28,7 @@ from joblot.errors import (
     Unauthorized,
 )
 from joblot.events import CHANGE_POLL_SECONDS, status_events
+from joblot.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware, exposition
 from joblot.models import API_PREFIX, MAX_SHOW_MANY, Status, status_url
 from joblot.openapi import openapi_document
 from joblot.params import (
@@ -152,6 +154,7 @@ class Routes:
     def __init__(self, service: Service, auth_clock: Callable[[], float] = time.monotonic) -> None:
         self.service = service
         self.auth = Authenticator(service, service.settings, auth_clock)
+        self.http_metrics = HttpMetrics()
 
     def authenticated(self, endpoint: Endpoint) -> Endpoint:
         """`endpoint` behind authentication: the credentials are checked before anything of
@@ -306,6 +309,12 @@ class Routes:
         """GET /openapi.json: the OpenAPI 3.1 description of this API."""
         return JSONResponse(openapi_document())
 
+    async def metrics(self, request: Request) -> Response:
+        """GET /metrics: Prometheus metrics; job counts are read from the database now."""
+        counts = await self.service.metric_counts()
+        body = exposition(counts, self.http_metrics, self.service.app.names())
+        return Response(body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache"})
+
     async def health(self, request: Request) -> Response:
         """GET /healthz: the process answers and its database is reachable."""
         applied, latest = await self.service.schema_version()
@@ -330,6 +339,7 @@ def _routes(r: Routes) -> list[Route]:
         *api(f"{API}/job_statuses/{{id}}", r.show_job, "GET", json_suffix=False),
         Route("/openapi.json", r.openapi, methods=["GET"]),
         Route("/healthz", r.health, methods=["GET"]),
+        Route("/metrics", r.metrics, methods=["GET"]),
     ]
 
 
@@ -382,8 +392,10 @@ def create_app(
             if on_close is not None:
                 await on_close()
 
+    routes = Routes(service, auth_clock)
     return Starlette(
-        routes=_routes(Routes(service, auth_clock)),
+        routes=_routes(routes),
+        middleware=[Middleware(MetricsMiddleware, metrics=routes.http_metrics)],
         exception_handlers={
             JoblotError: _joblot_error,
             HTTPException: _http_error,

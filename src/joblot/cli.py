@@ -19,6 +19,7 @@ from joblot.auth import check_tenant
 from joblot.client import Client
 from joblot.config import load_client_settings, load_settings
 from joblot.errors import ClientError, JoblotError
+from joblot.logs import LOG_FORMATS
 from joblot.models import JobStatus
 
 
@@ -42,9 +43,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "workers": args.workers,
             "public_url": args.public_url,
             "insecure": args.insecure,
+            "log_format": args.log_format,
         }
     )
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     serve(settings)
     return 0
 
@@ -54,9 +56,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from joblot.server import configure_logging, run_worker
 
     settings = load_settings(
-        {"database_url": args.db, "app": args.app, "concurrency": args.concurrency}
+        {
+            "database_url": args.db,
+            "app": args.app,
+            "concurrency": args.concurrency,
+            "log_format": args.log_format,
+        }
     )
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     run_worker(settings, parent=args.parent)
     return 0
 
@@ -238,6 +245,14 @@ def _server_flags(p: argparse.ArgumentParser, *, app: bool = True) -> None:
         )
 
 
+def _log_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text, or json: one JSON object a line (default: env JOBLOT_LOG_FORMAT, else text)",
+    )
+
+
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url", help="joblot server (default: env JOBLOT_URL, else http://127.0.0.1:8000)"
@@ -270,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve without tokens on a non-loopback address (not recommended)",
     )
+    _log_flags(p)
     p = command("worker", cmd_worker, "run a worker process only")
     _server_flags(p)
+    _log_flags(p)
     p.add_argument("--concurrency", type=int, metavar="N", help="items run at once (default 4)")
     p.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # set by `joblot serve`
     _server_flags(

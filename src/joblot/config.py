@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from joblot.errors import ConfigError
+from joblot.logs import LOG_FORMATS
 from joblot.store import backend_for
 
 DEFAULT_DATABASE_URL = "sqlite:///joblot.db"
@@ -41,6 +42,7 @@ class Settings:
     insecure: bool = False  # allow serving without tokens on a non-loopback address
     pool_size: int = 10  # PostgreSQL connections per process, at most
     log_level: str = "info"
+    log_format: str = "text"  # `text`, or `json`: every log line one JSON object
 
     def __post_init__(self) -> None:
         positive = (
@@ -56,6 +58,10 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log_format must be {' or '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {self.workers}")
         if backend_for(self.database_url) is None:

@@ -16,8 +16,10 @@ import os
 import socket
 import uuid
 
-from joblot.errors import JoblotError
+from joblot.errors import JoblotError, RecordNotFound
+from joblot.logs import job_event
 from joblot.service import Service
+from joblot.store import LapsedLease
 
 log = logging.getLogger("joblot.maintenance")
 
@@ -48,6 +50,38 @@ class Maintenance:
                 log.exception("maintenance round failed unexpectedly")
             await asyncio.sleep(self.interval)
 
+    async def _log_lost(self, lease: LapsedLease) -> None:
+        """One line for a worker that lost a lease, and one more if that ended its job (its
+        last items ran out of attempts)."""
+        job_event(
+            log,
+            "worker_lost",
+            f"worker {lease.worker_id} stopped renewing lease {lease.lease_id} "
+            f"({lease.items} items); its items go back to the queue or fail with WorkerLost",
+            level=logging.WARNING,
+            worker=lease.worker_id,
+            lease_id=lease.lease_id,
+            job_id=lease.job_id,
+            job_type=lease.job_type,
+            tenant=lease.tenant,
+        )
+        if lease.job_status.finished:
+            return
+        try:
+            row = await self.service.get_job(lease.tenant, lease.job_id)
+        except RecordNotFound:
+            return
+        if row.status.finished:
+            job_event(
+                log,
+                "finished",
+                row.status.value,
+                status=row.status.value,
+                job_id=lease.job_id,
+                job_type=lease.job_type,
+                tenant=lease.tenant,
+            )
+
     async def round(self) -> None:
         """Take or keep the lead; while leading, requeue lapsed leases and purge when due."""
         leading = await self.service.try_lead(CHORE, self.holder, self.lead_seconds)
@@ -56,9 +90,12 @@ class Maintenance:
             self.leading = leading
         if not leading:
             return
+        lapsed = await self.service.lapsed_leases()
         requeued = await self.service.requeue_expired()
         if requeued:
             log.info("returned %d items of lapsed leases to the queue", requeued)
+        for lease in lapsed:
+            await self._log_lost(lease)
         now = self.service.clock()
         if self._last_purge is None or now - self._last_purge >= PURGE_SECONDS:
             self._last_purge = now

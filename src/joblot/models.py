@@ -16,6 +16,22 @@ MAX_PAGE_SIZE = 100  # entries in one page of a cursor-paginated listing
 MAX_SHOW_MANY = 100  # ids in one show_many request
 MAX_JOB_TYPE_LENGTH = 200
 API_PREFIX = "/api/v2"
+# Upper bounds (seconds) of the buckets of the joblot_job_duration_seconds histogram, from a
+# job's creation to its end. Fixed: the counts of purged jobs are kept per bucket.
+JOB_DURATION_BUCKETS = (
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    21600.0,
+    86400.0,
+)
 
 
 class Status(StrEnum):

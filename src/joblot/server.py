@@ -15,6 +15,7 @@ import time
 
 import uvicorn
 
+from joblot import logs
 from joblot.api import create_app
 from joblot.app import App, load_app
 from joblot.auth import is_loopback, mint_token
@@ -29,13 +30,9 @@ log = logging.getLogger("joblot.server")
 PR_SET_PDEATHSIG = 1
 
 
-def configure_logging(level: str) -> None:
-    """One log format for every joblot process."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """One log format for every joblot process (and uvicorn's lines): `text` or `json`."""
+    logs.configure(level, log_format)
 
 
 async def prepare_store(settings: Settings, *, migrate_if_empty: bool) -> Store:
@@ -243,6 +240,7 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through configure_logging's handler and format
         access_log=False,
         loop="asyncio",
         lifespan="on",

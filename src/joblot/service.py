@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +20,21 @@ from joblot.errors import (
     TooManyItems,
     UnknownJobType,
 )
+from joblot.logs import job_event
 from joblot.models import MAX_JOB_TYPE_LENGTH, new_job_id
-from joblot.store import Claim, FinishedItem, FinishOutcome, JobRow, NewJob, Page, Store
+from joblot.store import (
+    Claim,
+    FinishedItem,
+    FinishOutcome,
+    JobRow,
+    LapsedLease,
+    MetricCounts,
+    NewJob,
+    Page,
+    Store,
+)
+
+log = logging.getLogger("joblot.service")
 
 MAX_ITEM_ID_LENGTH = 1000
 JOB_KEYS = frozenset({"job_type", "items"})
@@ -170,7 +184,16 @@ class Service:
             job = self._build(tenant, doc, idempotency_key)
         row, created = await self.store.submit_job(job)
         if not created:  # a replay answers with the job as it is now
-            row = await self.get_job(tenant, row.id)
+            return await self.get_job(tenant, row.id), created
+        job_event(
+            log,
+            "submitted",
+            f"{row.total} items",
+            job_id=row.id,
+            job_type=row.job_type,
+            tenant=tenant,
+            total=row.total,
+        )
         return row, created
 
     def _build(self, tenant: str, doc: Any, idempotency_key: str | None) -> NewJob:
@@ -239,7 +262,17 @@ class Service:
         )
         if not stopped:
             raise RecordNotFound.for_job(job_id)
-        return await self.get_job(tenant, job_id)
+        row = await self.get_job(tenant, job_id)
+        job_event(
+            log,
+            "cancelled",
+            row.message or "",
+            job_id=row.id,
+            job_type=row.job_type,
+            tenant=tenant,
+            progress=row.progress,
+        )
+        return row
 
     async def find_token(self, digest: str) -> tuple[str, str] | None:
         """(token id, tenant) of the live token with this digest."""
@@ -249,6 +282,11 @@ class Service:
         """How many live tokens there are."""
         return await self.store.count_tokens()
 
+    async def metric_counts(self) -> MetricCounts:
+        """What the metrics read from the database: counts of every job, live leases, and the
+        totals kept for purged jobs and lapsed leases."""
+        return await self.store.metric_counts(self.clock())
+
     async def schema_version(self) -> tuple[int, int]:
         """(applied, latest) migration numbers: answers only while the database does."""
         return await self.store.schema_version()
@@ -257,13 +295,24 @@ class Service:
 
     async def claim_items(self, worker_id: str, job_types: list[str], limit: int) -> Claim | None:
         """Lease a batch of items, round-robin across jobs."""
-        return await self.store.claim_items(
+        claim = await self.store.claim_items(
             worker_id,
             job_types,
             limit=limit,
             now=self.clock(),
             lease_seconds=self.settings.lease_seconds,
         )
+        if claim is not None and claim.started:
+            job_event(
+                log,
+                "started",
+                f"by worker {worker_id}",
+                job_id=claim.job_id,
+                job_type=claim.job_type,
+                tenant=claim.tenant,
+                worker=worker_id,
+            )
+        return claim
 
     async def finish_items(
         self,
@@ -295,6 +344,10 @@ class Service:
     async def release_lease(self, lease_id: int) -> int:
         """Hand back the unstarted items of a lease (a worker stopping cleanly)."""
         return await self.store.release_lease(lease_id, self.clock())
+
+    async def lapsed_leases(self) -> list[LapsedLease]:
+        """The leases `requeue_expired` would requeue now, with their jobs and workers."""
+        return await self.store.lapsed_leases(self.clock())
 
     async def requeue_expired(self) -> int:
         """Return items of dead workers to the queue."""

@@ -18,6 +18,7 @@ from typing import Any
 from joblot import codec
 from joblot.app import App, Context, ItemFailed, JobAborted, JobType
 from joblot.errors import JoblotError
+from joblot.logs import job_event
 from joblot.maintenance import Maintenance
 from joblot.models import failure_entry, success_entry
 from joblot.service import Service
@@ -346,6 +347,8 @@ class Worker:
             batch.stopped = True
         elif outcome.status is not None and outcome.status.finished:
             self._stop_batches_of(batch.claim.job_id)  # cancelled, aborted or over threshold
+            if outcome.finished:
+                self._log_finished(batch.claim, outcome.status.value, outcome.status.value)
 
     async def _report(
         self,
@@ -430,7 +433,11 @@ class Worker:
                     "job %s aborted by its handler: %s",
                     batch.claim.job_id,
                     batch.aborted,
-                    extra={"job_id": batch.claim.job_id, "job_type": batch.claim.job_type},
+                    extra={
+                        "job_id": batch.claim.job_id,
+                        "job_type": batch.claim.job_type,
+                        "tenant": batch.claim.tenant,
+                    },
                 )
             await self._flush(batch, final=not unstarted, abort=batch.aborted)
             if unstarted:
@@ -448,6 +455,18 @@ class Worker:
                 batch.claim.job_id,
                 batch.claim.lease_id,
             )
+
+    def _log_finished(self, claim: Claim, status: str, text: str) -> None:
+        job_event(
+            log,
+            "finished",
+            text,
+            job_id=claim.job_id,
+            job_type=claim.job_type,
+            tenant=claim.tenant,
+            status=status,
+            worker=self.worker_id,
+        )
 
     def _adapt_claim_size(self, count: int, seconds: float) -> None:
         rate = count / max(seconds, 1e-6)

@@ -28,6 +28,9 @@ ABOVE_THE_STORE = {
     "params",
     "maintenance",
     "transactional",
+    "metrics",
+    "logs",
+    "dashboard",
 }
 
 
@@ -90,6 +93,7 @@ ONLY_SQLITE = {
     "finish_items.take_item": "one statement per item via executemany; PostgreSQL sends arrays",
     "finish_items.insert_result": "one statement per item via executemany",
     "get_job.inline_results": "a second local query; PostgreSQL folds it into get_job.select",
+    "metric_counts.end": "ends the read snapshot; psycopg's transaction() ends PostgreSQL's",
     "submit_job.insert_item": "executemany; PostgreSQL streams items with COPY",
 }
 ONLY_POSTGRES = {

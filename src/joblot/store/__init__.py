@@ -79,6 +79,8 @@ class Claim:
     job_id: str
     job_type: str
     items: list[ClaimedItem]
+    tenant: str = ""
+    started: bool = False  # this claim moved the job from queued to working
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,55 @@ class FinishOutcome:
 
     accepted: bool  # False: the lease had lapsed or was revoked; nothing was recorded
     status: Status | None = None  # the job's status after the batch, when accepted
+    finished: bool = False  # this batch finished the job (it was unfinished before)
+
+
+@dataclass(frozen=True)
+class LapsedLease:
+    """A lease whose worker stopped renewing it, as found before its items are requeued."""
+
+    lease_id: int
+    worker_id: str
+    job_id: str
+    job_type: str
+    tenant: str
+    job_status: Status
+    items: int  # items still held under it
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    """What the jobs of one type in one status add up to, for metrics."""
+
+    job_type: str
+    status: Status
+    jobs: int
+    succeeded: int  # items finished successfully
+    failed: int  # items failed for good
+    waiting: int  # items not yet claimed
+
+
+@dataclass(frozen=True)
+class MetricTotal:
+    """A counter kept in the database: what purged jobs counted, and events that leave no
+    row to count (a lease that lapsed). `name` is the metric, `label` its other label."""
+
+    name: str
+    job_type: str
+    label: str
+    value: float
+
+
+@dataclass(frozen=True)
+class MetricCounts:
+    """Every number the metrics read from the database, from one consistent snapshot."""
+
+    jobs: list[JobCounts]
+    # (job_type, bucket, jobs, seconds): finished jobs by the index of the first bucket of
+    # JOB_DURATION_BUCKETS their duration fits in (len(JOB_DURATION_BUCKETS) for none)
+    durations: list[tuple[str, int, int, float]]
+    leases_active: int
+    totals: list[MetricTotal]
 
 
 @dataclass(frozen=True)
@@ -197,8 +248,16 @@ class Store(Protocol):
     async def requeue_expired(self, now: float, max_attempts: int, retention: float) -> int:
         """Put items of lapsed leases back in the queue (or fail them); return how many."""
 
+    async def lapsed_leases(self, now: float) -> list[LapsedLease]:
+        """The leases `requeue_expired` would requeue at `now` (the same ones, in the same
+        order, at most as many), with the job and worker they belong to."""
+
     async def purge_expired(self, now: float) -> int:
-        """Delete jobs whose retention has passed; return how many."""
+        """Delete jobs whose retention has passed, moving what they counted to the metric
+        totals in the same transaction; return how many."""
+
+    async def metric_counts(self, now: float) -> MetricCounts:
+        """Counts of every job, live leases and the metric totals, in one snapshot."""
 
     async def try_lead(self, chore: str, holder: str, now: float, until: float) -> bool:
         """Take or keep the lead of a cluster-wide chore until `until`; False if another

@@ -6,8 +6,22 @@ from typing import Any, TypeVar
 
 from joblot import codec
 from joblot.errors import IdempotencyKeyReused, JobFinished, TooManyJobs
-from joblot.models import JobState, Status, check_transition, failure_entry
-from joblot.store import FinishedItem, JobRow, NewJob
+from joblot.models import (
+    JOB_DURATION_BUCKETS,
+    JobState,
+    Status,
+    check_transition,
+    failure_entry,
+)
+from joblot.store import (
+    FinishedItem,
+    JobCounts,
+    JobRow,
+    LapsedLease,
+    MetricCounts,
+    MetricTotal,
+    NewJob,
+)
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -149,6 +163,66 @@ def worker_lost(index: int, payload: bytes, action: str | None, attempts: int) -
     )
     entry = failure_entry(index, codec.decode_item(payload), action, "WorkerLost", details)
     return FinishedItem(index, False, codec.dumps(entry))
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+LEASES_EXPIRED = MetricTotal("leases_expired", "", "", 1.0)
+
+
+def duration_bucket(seconds: float) -> int:
+    """The index of the first bucket of JOB_DURATION_BUCKETS that `seconds` fits in (as the
+    `metric_counts.durations` queries count it: the bounds below it)."""
+    return sum(1 for bound in JOB_DURATION_BUCKETS if bound < seconds)
+
+
+def purged_totals(row: tuple[Any, ...]) -> list[MetricTotal]:
+    """What a job counted, from `purge_expired.counts`, to add to the metric totals as it is
+    purged, so that no counter goes down when its job goes."""
+    job_type, status, progress, failures, created_at, finished_at = row
+    totals = [
+        MetricTotal("items_finished", job_type, "success", float(progress - failures)),
+        MetricTotal("items_finished", job_type, "failure", float(failures)),
+    ]
+    if finished_at is not None:
+        seconds = finished_at - created_at
+        totals += [
+            MetricTotal("jobs_finished", job_type, status, 1.0),
+            MetricTotal("job_duration", job_type, str(duration_bucket(seconds)), 1.0),
+            MetricTotal("job_duration_seconds", job_type, "", seconds),
+        ]
+    return totals
+
+
+def total_params(total: MetricTotal) -> dict[str, Any]:
+    """The parameters of `metric_totals.add`."""
+    return {
+        "name": total.name,
+        "job_type": total.job_type,
+        "label": total.label,
+        "value": total.value,
+    }
+
+
+def metric_counts(
+    jobs: list[Any], durations: list[Any], leases: int, totals: list[Any]
+) -> MetricCounts:
+    """MetricCounts from the rows of the `metric_counts.*` queries."""
+    return MetricCounts(
+        jobs=[
+            JobCounts(t, Status(s), int(n), int(ok), int(bad), int(w))
+            for t, s, n, ok, bad, w in jobs
+        ],
+        durations=[(t, int(b), int(n), float(secs)) for t, b, n, secs in durations],
+        leases_active=int(leases),
+        totals=[MetricTotal(n, t, label, float(v)) for n, t, label, v in totals],
+    )
+
+
+def lapsed_lease(row: tuple[Any, ...]) -> LapsedLease:
+    """A LapsedLease from a row of `lapsed_leases`."""
+    lease_id, worker_id, job_id, job_type, tenant, status, items = row
+    return LapsedLease(lease_id, worker_id, job_id, job_type, tenant, Status(status), int(items))
 
 
 # -- pages --------------------------------------------------------------------------------------

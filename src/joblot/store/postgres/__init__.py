@@ -6,7 +6,17 @@
 
 from __future__ import annotations
 
-from joblot.store import Claim, FinishedItem, FinishOutcome, JobRow, NewJob, Page, TokenRow
+from joblot.store import (
+    Claim,
+    FinishedItem,
+    FinishOutcome,
+    JobRow,
+    LapsedLease,
+    MetricCounts,
+    NewJob,
+    Page,
+    TokenRow,
+)
 from joblot.store.postgres import clients, connection, maintenance, work
 from joblot.store.postgres.connection import SQL, WAIT_SECONDS, Pool
 from joblot.store.postgres.notify import WorkListener
@@ -196,10 +206,20 @@ class PostgresStore:
         async with self._pool.connection() as conn:
             return await maintenance.requeue_expired(conn, now, max_attempts, retention)
 
+    async def lapsed_leases(self, now: float) -> list[LapsedLease]:
+        """The leases requeue_expired would requeue at `now`, with their jobs and workers."""
+        async with self._pool.connection() as conn:
+            return await maintenance.lapsed_leases(conn, now)
+
     async def purge_expired(self, now: float) -> int:
         """Delete jobs past their retention, in short transactions."""
         async with self._pool.connection() as conn:
             return await maintenance.purge_expired(conn, now)
+
+    async def metric_counts(self, now: float) -> MetricCounts:
+        """Counts of every job, live leases and the metric totals, in one snapshot."""
+        async with self._pool.connection() as conn:
+            return await clients.read_metric_counts(conn, now)
 
     async def try_lead(self, chore: str, holder: str, now: float, until: float) -> bool:
         """Take or keep the lead of a chore; one process of the cluster holds it at a time."""

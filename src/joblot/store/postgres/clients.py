@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 
 from joblot.errors import Unavailable
-from joblot.models import after_stop
-from joblot.store import JobRow, NewJob, Page, TokenRow
+from joblot.models import JOB_DURATION_BUCKETS, after_stop
+from joblot.store import JobRow, MetricCounts, NewJob, Page, TokenRow
 from joblot.store.common import (
     idempotency_key_reused,
     job_finished,
@@ -20,6 +20,7 @@ from joblot.store.common import (
     job_row,
     keyset_page,
     keyset_query,
+    metric_counts,
     queued_row,
     state_from_row,
     too_many_jobs,
@@ -236,3 +237,22 @@ async def count_tokens(conn: Conn) -> int:
     """How many live tokens there are."""
     row = await fetch_one(conn, "tokens.count_active")
     return 0 if row is None else int(row[0])
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+async def read_metric_counts(conn: Conn, now: float) -> MetricCounts:
+    """Counts of every job, live leases and the metric totals, from one snapshot."""
+    async with conn.transaction():
+        await conn.execute(SQL["metric_counts.begin"])
+        leases = await fetch_one(conn, "metric_counts.leases", {"now": now})
+        assert leases is not None
+        return metric_counts(
+            await fetch_all(conn, "metric_counts.jobs"),
+            await fetch_all(
+                conn, "metric_counts.durations", {"bounds": list(JOB_DURATION_BUCKETS)}
+            ),
+            leases[0],
+            await fetch_all(conn, "metric_counts.totals"),
+        )

@@ -3,8 +3,15 @@ lead that makes one process of all the nodes sharing the database run them at a 
 
 from __future__ import annotations
 
+from joblot.store import LapsedLease
+from joblot.store.common import lapsed_lease, purged_totals, total_params
 from joblot.store.postgres.connection import Conn, fetch_all, fetch_one, rowcount
 from joblot.store.postgres.work import requeue_lapsed_lease
+
+
+async def lapsed_leases(conn: Conn, now: float) -> list[LapsedLease]:
+    """The leases requeue_expired would requeue at `now`, with their jobs and workers."""
+    return [lapsed_lease(row) for row in await fetch_all(conn, "lapsed_leases", {"now": now})]
 
 
 async def requeue_expired(conn: Conn, now: float, max_attempts: int, retention: float) -> int:
@@ -30,8 +37,13 @@ async def purge_job(conn: Conn, job_id: str) -> None:
     for name in ("purge_expired.items", "purge_expired.results"):
         while await rowcount(conn, name, {"id": job_id}) > 0:
             continue
-    await rowcount(conn, "purge_expired.leases", {"id": job_id})
-    await rowcount(conn, "purge_expired.job", {"id": job_id})
+    async with conn.transaction():  # the job and what it counted go together
+        counted = await fetch_one(conn, "purge_expired.counts", {"id": job_id})
+        await rowcount(conn, "purge_expired.leases", {"id": job_id})
+        if counted is not None:
+            for total in purged_totals(counted):
+                await rowcount(conn, "metric_totals.add", total_params(total))
+        await rowcount(conn, "purge_expired.job", {"id": job_id})
 
 
 async def try_lead(conn: Conn, chore: str, holder: str, now: float, until: float) -> bool:

@@ -10,7 +10,13 @@ from typing import Any
 
 from joblot.models import after_claim, after_finish, after_requeue, stopped
 from joblot.store import Claim, ClaimedItem, FinishedItem, FinishOutcome
-from joblot.store.common import NO_ATTEMPT_LIMIT, Refused, worker_lost
+from joblot.store.common import (
+    LEASES_EXPIRED,
+    NO_ATTEMPT_LIMIT,
+    Refused,
+    total_params,
+    worker_lost,
+)
 from joblot.store.postgres.connection import (
     Conn,
     fetch_all,
@@ -62,7 +68,7 @@ async def _claim(
     picked = await fetch_one(conn, "claim_items.pick_job", {"job_types": job_types})
     if picked is None:
         return None
-    job_id, job_type = picked
+    job_id, job_type, tenant = picked
     lease = await fetch_one(
         conn,
         "claim_items.insert_lease",
@@ -78,7 +84,14 @@ async def _claim(
     new = after_claim(state, len(rows))
     await save_state(conn, job_id, state, new, now=now, retention=0.0, claimed_at=now)
     items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
-    return Claim(lease_id=lease[0], job_id=job_id, job_type=job_type, items=items)
+    return Claim(
+        lease_id=lease[0],
+        job_id=job_id,
+        job_type=job_type,
+        items=items,
+        tenant=tenant,
+        started=state.status is not new.status,
+    )
 
 
 async def finish_items(
@@ -117,7 +130,8 @@ async def finish_items(
                 await rowcount(conn, "leases.release_if_done", {"lease_id": lease_id})
     except Refused:
         return FinishOutcome(accepted=False)
-    return FinishOutcome(accepted=True, status=new.status)
+    finished = new.status.finished and not old.status.finished
+    return FinishOutcome(accepted=True, status=new.status, finished=finished)
 
 
 async def record(conn: Conn, job_id: str, lease_id: int, items: list[FinishedItem]) -> None:
@@ -191,7 +205,7 @@ async def requeue_lapsed_lease(
                 action = None if found is None else found[0]
                 lost = [worker_lost(i, p, action, a) for i, p, a in spent]
                 await record(conn, job_id, lease_id, lost)
-            return await _settle(
+            held = await _settle(
                 conn,
                 params,
                 job_id,
@@ -200,6 +214,8 @@ async def requeue_lapsed_lease(
                 check="requeue_expired.lapsed",
                 retention=retention,
             )
+            await rowcount(conn, "metric_totals.add", total_params(LEASES_EXPIRED))
+            return held
     except Refused:
         return 0
 

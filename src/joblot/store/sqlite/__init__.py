@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import asyncio
 
-from joblot.store import Claim, FinishedItem, FinishOutcome, JobRow, NewJob, Page, TokenRow
+from joblot.store import (
+    Claim,
+    FinishedItem,
+    FinishOutcome,
+    JobRow,
+    LapsedLease,
+    MetricCounts,
+    NewJob,
+    Page,
+    TokenRow,
+)
 from joblot.store.sqlite import clients, connection, maintenance, work
 
 
@@ -169,9 +179,17 @@ class SQLiteStore:
         """Return the items of lapsed leases to the queue; fail those out of attempts."""
         return await self._db.write(maintenance.requeue_expired, now, max_attempts, retention)
 
+    async def lapsed_leases(self, now: float) -> list[LapsedLease]:
+        """The leases requeue_expired would requeue at `now`, with their jobs and workers."""
+        return await self._db.read(maintenance.lapsed_leases, now)
+
     async def purge_expired(self, now: float) -> int:
         """Delete jobs past their retention, in short transactions."""
         return await self._db.write(maintenance.purge_expired, now)
+
+    async def metric_counts(self, now: float) -> MetricCounts:
+        """Counts of every job, live leases and the metric totals, in one read snapshot."""
+        return await self._db.read(clients.read_metric_counts, now)
 
     async def try_lead(self, chore: str, holder: str, now: float, until: float) -> bool:
         """Take or keep the lead of a chore; one process per file holds it at a time."""

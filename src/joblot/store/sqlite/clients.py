@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from joblot.models import Status, after_stop
-from joblot.store import JobRow, NewJob, Page, TokenRow
+import orjson
+
+from joblot.models import JOB_DURATION_BUCKETS, Status, after_stop
+from joblot.store import JobRow, MetricCounts, NewJob, Page, TokenRow
 from joblot.store.common import (
     idempotency_key_reused,
     job_finished,
@@ -16,6 +18,7 @@ from joblot.store.common import (
     job_row,
     keyset_page,
     keyset_query,
+    metric_counts,
     queued_row,
     state_from_row,
     too_many_jobs,
@@ -194,3 +197,25 @@ def count_tokens(conn: Conn) -> int:
     """How many live tokens there are."""
     (count,) = fetch_one(conn, "tokens.count_active")
     return int(count)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def read_metric_counts(conn: Conn, now: float) -> MetricCounts:
+    """Counts of every job, live leases and the metric totals, from one read snapshot."""
+    bounds = orjson.dumps(JOB_DURATION_BUCKETS).decode()
+    conn.execute(SQL["metric_counts.begin"])
+    try:
+        return metric_counts(
+            fetch_all(conn, "metric_counts.jobs"),
+            fetch_all(conn, "metric_counts.durations", {"bounds": bounds}),
+            _count(fetch_one(conn, "metric_counts.leases", {"now": now})),
+            fetch_all(conn, "metric_counts.totals"),
+        )
+    finally:
+        conn.execute(SQL["metric_counts.end"])
+
+
+def _count(row: Any) -> int:
+    return int(row[0])

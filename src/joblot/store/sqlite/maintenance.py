@@ -3,8 +3,15 @@ lead that makes one process of all those sharing the file run them at a time."""
 
 from __future__ import annotations
 
-from joblot.store.sqlite.connection import Conn, fetch_all, fetch_one, in_transaction, rowcount
+from joblot.store import LapsedLease
+from joblot.store.common import LEASES_EXPIRED, lapsed_lease, purged_totals, total_params
+from joblot.store.sqlite.connection import SQL, Conn, fetch_all, fetch_one, in_transaction, rowcount
 from joblot.store.sqlite.work import requeue_lease
+
+
+def lapsed_leases(conn: Conn, now: float) -> list[LapsedLease]:
+    """The leases requeue_expired would requeue at `now`, with their jobs and workers."""
+    return [lapsed_lease(row) for row in fetch_all(conn, "lapsed_leases", {"now": now})]
 
 
 def requeue_expired(conn: Conn, now: float, max_attempts: int, retention: float) -> int:
@@ -17,6 +24,7 @@ def requeue_expired(conn: Conn, now: float, max_attempts: int, retention: float)
             count += requeue_lease(
                 conn, lease_id, job_id, now=now, max_attempts=max_attempts, retention=retention
             )
+            conn.execute(SQL["metric_totals.add"], total_params(LEASES_EXPIRED))
     return count
 
 
@@ -37,7 +45,11 @@ def purge_job(conn: Conn, job_id: str) -> None:
             if deleted == 0:
                 break
     with in_transaction(conn):
+        counted = fetch_one(conn, "purge_expired.counts", {"id": job_id})
         rowcount(conn, "purge_expired.leases", {"id": job_id})
+        if counted is not None:  # what it counted stays counted
+            totals = purged_totals(counted)
+            conn.executemany(SQL["metric_totals.add"], [total_params(t) for t in totals])
         rowcount(conn, "purge_expired.job", {"id": job_id})
 
 

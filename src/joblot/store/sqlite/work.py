@@ -41,7 +41,7 @@ def claim_items(
         picked = fetch_one(conn, "claim_items.pick_job", types)
         if picked is None:
             return None
-        job_id, job_type = picked
+        job_id, job_type, tenant = picked
         lease = {"job_id": job_id, "worker_id": worker_id, "expires_at": now + lease_seconds}
         lease_id = conn.execute(SQL["claim_items.insert_lease"], lease).lastrowid
         assert lease_id is not None
@@ -55,7 +55,14 @@ def claim_items(
         new = after_claim(old, len(rows))
         save_state(conn, job_id, old, new, now=now, retention=0.0, claimed_at=now)
     items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
-    return Claim(lease_id=lease_id, job_id=job_id, job_type=job_type, items=items)
+    return Claim(
+        lease_id=lease_id,
+        job_id=job_id,
+        job_type=job_type,
+        items=items,
+        tenant=tenant,
+        started=old.status is not new.status,
+    )
 
 
 def finish_items(
@@ -89,7 +96,8 @@ def finish_items(
                 rowcount(conn, "leases.release_if_done", {"lease_id": lease_id})
     except Refused:
         return FinishOutcome(accepted=False)
-    return FinishOutcome(accepted=True, status=new.status)
+    finished = new.status.finished and not old.status.finished
+    return FinishOutcome(accepted=True, status=new.status, finished=finished)
 
 
 def record(conn: Conn, job_id: str, lease_id: int, items: list[FinishedItem]) -> None:

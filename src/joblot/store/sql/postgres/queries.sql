@@ -170,7 +170,7 @@ SELECT EXISTS (
 -- Differs by necessity from SQLite: many workers claim at once, so the job is read without a
 -- lock (two workers may pick the same job: SKIP LOCKED gives them different items) and its
 -- row is locked only at the end of the claim, to count it.
-SELECT id, job_type FROM jobs
+SELECT id, job_type, tenant FROM jobs
 WHERE pending > 0 AND status IN ('queued', 'working') AND job_type = ANY(%(job_types)s::text[])
 ORDER BY claimed_at LIMIT 1;
 
@@ -332,3 +332,49 @@ SELECT id, tenant FROM tokens WHERE digest = %(digest)s AND revoked_at IS NULL;
 
 -- name: tokens.count_active
 SELECT count(*) FROM tokens WHERE revoked_at IS NULL;
+
+-- name: lapsed_leases
+-- Who lost which items: the leases requeue_expired.leases finds, read before they are
+-- requeued so that each can be logged with its job and worker.
+SELECT l.id, l.worker_id, l.job_id, j.job_type, j.tenant, j.status,
+       (SELECT count(*) FROM items i WHERE i.lease_id = l.id AND i.state = 'leased')
+FROM leases l JOIN jobs j ON j.id = l.job_id
+WHERE l.expires_at < %(now)s ORDER BY l.expires_at LIMIT 100;
+
+-- name: purge_expired.counts
+-- What a job counted, read in the transaction that deletes it, for metric_totals.add; the
+-- row is locked so that a scrape sees the job either in jobs or in metric_totals.
+SELECT job_type, status, progress, failures, created_at, finished_at FROM jobs
+WHERE id = %(id)s
+FOR UPDATE;
+
+-- name: metric_totals.add
+INSERT INTO metric_totals (name, job_type, label, value)
+VALUES (%(name)s, %(job_type)s, %(label)s, %(value)s)
+ON CONFLICT (name, job_type, label) DO UPDATE SET value = metric_totals.value + excluded.value;
+
+-- name: metric_counts.begin
+-- Differs by necessity from SQLite: PostgreSQL's default isolation takes a snapshot per
+-- statement, and the reads of a scrape must share one, so that a job purged meanwhile is
+-- counted once: either in jobs or in metric_totals.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+
+-- name: metric_counts.jobs
+-- A scan of jobs (which holds only jobs within their retention), once per scrape.
+SELECT job_type, status, count(*), sum(progress - failures), sum(failures), sum(pending)
+FROM jobs GROUP BY job_type, status;
+
+-- name: metric_counts.durations
+-- Finished jobs by the first bucket their duration fits in: the number of bounds below it.
+SELECT job_type, bucket, count(*), sum(seconds) FROM (
+    SELECT job_type, finished_at - created_at AS seconds,
+           (SELECT count(*) FROM unnest(%(bounds)s::float8[]) AS b
+            WHERE b < finished_at - created_at) AS bucket
+    FROM jobs WHERE finished_at IS NOT NULL
+) AS finished GROUP BY job_type, bucket;
+
+-- name: metric_counts.leases
+SELECT count(*) FROM leases WHERE expires_at >= %(now)s;
+
+-- name: metric_counts.totals
+SELECT name, job_type, label, value FROM metric_totals;

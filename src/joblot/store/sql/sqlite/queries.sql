@@ -87,7 +87,7 @@ WHERE id = :id;
 
 -- name: claim_items.pick_job
 -- Round-robin: the runnable job served least recently (new jobs have claimed_at 0).
-SELECT id, job_type FROM jobs
+SELECT id, job_type, tenant FROM jobs
 WHERE pending > 0 AND status IN ('queued', 'working')
   AND job_type IN (SELECT value FROM json_each(:job_types))
 ORDER BY claimed_at LIMIT 1;
@@ -194,3 +194,47 @@ SELECT id, tenant FROM tokens WHERE digest = :digest AND revoked_at IS NULL;
 
 -- name: tokens.count_active
 SELECT count(*) FROM tokens WHERE revoked_at IS NULL;
+
+-- name: lapsed_leases
+-- Who lost which items: the leases requeue_expired.leases finds, read before they are
+-- requeued so that each can be logged with its job and worker.
+SELECT l.id, l.worker_id, l.job_id, j.job_type, j.tenant, j.status,
+       (SELECT count(*) FROM items i WHERE i.lease_id = l.id AND i.state = 'leased')
+FROM leases l JOIN jobs j ON j.id = l.job_id
+WHERE l.expires_at < :now ORDER BY l.expires_at LIMIT 100;
+
+-- name: purge_expired.counts
+-- What a job counted, read in the transaction that deletes it, for metric_totals.add.
+SELECT job_type, status, progress, failures, created_at, finished_at FROM jobs WHERE id = :id;
+
+-- name: metric_totals.add
+INSERT INTO metric_totals (name, job_type, label, value) VALUES (:name, :job_type, :label, :value)
+ON CONFLICT (name, job_type, label) DO UPDATE SET value = metric_totals.value + excluded.value;
+
+-- name: metric_counts.begin
+-- The reads of a scrape share one snapshot, so that a job purged meanwhile is counted once:
+-- either in jobs or in metric_totals.
+BEGIN;
+
+-- name: metric_counts.end
+COMMIT;
+
+-- name: metric_counts.jobs
+-- A scan of jobs (which holds only jobs within their retention), once per scrape.
+SELECT job_type, status, count(*), sum(progress - failures), sum(failures), sum(pending)
+FROM jobs GROUP BY job_type, status;
+
+-- name: metric_counts.durations
+-- Finished jobs by the first bucket their duration fits in: the number of bounds below it.
+SELECT job_type, bucket, count(*), sum(seconds) FROM (
+    SELECT job_type, finished_at - created_at AS seconds,
+           (SELECT count(*) FROM json_each(:bounds) WHERE value < finished_at - created_at)
+               AS bucket
+    FROM jobs WHERE finished_at IS NOT NULL
+) GROUP BY job_type, bucket;
+
+-- name: metric_counts.leases
+SELECT count(*) FROM leases WHERE expires_at >= :now;
+
+-- name: metric_counts.totals
+SELECT name, job_type, label, value FROM metric_totals;
