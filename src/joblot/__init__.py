@@ -3,7 +3,7 @@
 from joblot.app import App, Context, ItemFailed, JobAborted
 from joblot.client import AsyncClient, Client
 from joblot.errors import ClientError
-from joblot.models import JobStatus, Status
+from joblot.models import JobReport, JobStats, JobStatus, Status
 
 __version__ = "0.1.0"
 
@@ -15,6 +15,8 @@ __all__ = [
     "Context",
     "ItemFailed",
     "JobAborted",
+    "JobReport",
+    "JobStats",
     "JobStatus",
     "Status",
     "__version__",

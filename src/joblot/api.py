@@ -29,14 +29,16 @@ from joblot.errors import (
 )
 from joblot.events import CHANGE_POLL_SECONDS, status_events
 from joblot.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware, exposition
-from joblot.models import API_PREFIX, MAX_SHOW_MANY, Status, status_url
+from joblot.models import API_PREFIX, MAX_SHOW_MANY, Status, rfc3339, status_url
 from joblot.openapi import openapi_document
 from joblot.params import (
     INDEX,
     JOB_ID,
     LIST_KEY,
+    PageRequest,
     decode_cursor,
     encode_cursor,
+    job_filter,
     job_id_param,
     page_params,
     prefer_wait,
@@ -94,6 +96,30 @@ def render_status(row: JobRow, base: str) -> dict[str, Any]:
     }
 
 
+def render_stats(row: JobRow) -> dict[str, Any]:
+    """The `job_stats` beside a JobStatus: what the eight keys leave out."""
+    return {
+        "failures": row.failures,
+        "created_at": rfc3339(row.created_at),
+        "started_at": None if row.started_at is None else rfc3339(row.started_at),
+        "updated_at": rfc3339(row.updated_at),
+        "finished_at": None if row.finished_at is None else rfc3339(row.finished_at),
+    }
+
+
+def status_body(row: JobRow, base: str) -> dict[str, Any]:
+    """Every body that carries one JobStatus: `{"job_status": {...}, "job_stats": {...}}`."""
+    return {"job_status": render_status(row, base), "job_stats": render_stats(row)}
+
+
+def statuses_body(rows: list[JobRow], base: str) -> dict[str, Any]:
+    """Every body that carries several: `job_statuses` and their `job_stats` by id."""
+    return {
+        "job_statuses": [render_status(r, base) for r in rows],
+        "job_stats": {r.id: render_stats(r) for r in rows},
+    }
+
+
 def etag(job_id: str, version: int) -> str:
     """A strong validator that changes whenever anything in the status changes."""
     return f'"{job_id}.{version}"'
@@ -101,17 +127,16 @@ def etag(job_id: str, version: int) -> str:
 
 def page_body(
     request: Request,
-    key: str,
-    rows: list[Any],
+    page: PageRequest,
+    entries: dict[str, Any],
     *,
     cursors: list[str],
     has_more: bool,
-    went_back: bool,
-    started_after: bool,
-    size: int,
     base: str,
 ) -> dict[str, Any]:
-    """A Zendesk cursor-paginated body: the rows, `meta` and `links`."""
+    """A Zendesk cursor-paginated body: the `entries` (one or more keys), `meta` and `links`;
+    the links keep the request's filters."""
+    went_back, started_after = page.before is not None, page.after is not None
     after_cursor = encode_cursor(cursors[-1]) if cursors else None
     before_cursor = encode_cursor(cursors[0]) if cursors else None
     more_after = (not went_back and has_more) or (went_back and bool(cursors))
@@ -121,10 +146,11 @@ def page_body(
     def link(direction: str, cursor: str | None) -> str | None:
         if cursor is None:
             return None
-        return f"{path}?{urlencode({'page[size]': size, f'page[{direction}]': cursor})}"
+        query = {**page.keep, "page[size]": page.size, f"page[{direction}]": cursor}
+        return f"{path}?{urlencode(query)}"
 
     return {
-        key: rows,
+        **entries,
         "meta": {
             "has_more": has_more,
             "after_cursor": after_cursor,
@@ -185,9 +211,7 @@ class Routes:
         }
         if not created:
             headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(
-            {"job_status": render_status(row, base)}, status_code=202, headers=headers
-        )
+        return JSONResponse(status_body(row, base), status_code=202, headers=headers)
 
     async def show_job(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/{id}: the JobStatus, with ETag and long poll."""
@@ -202,7 +226,7 @@ class Routes:
             if etag(job_id, version) in tags(given):
                 return Response(status_code=304, headers={"ETag": etag(job_id, version)})
         row = await self.service.get_job(tenant, job_id)
-        body = {"job_status": render_status(row, base_url(request, self.service))}
+        body = status_body(row, base_url(request, self.service))
         headers = {"ETag": etag(row.id, row.version), "Cache-Control": "no-cache"}
         return JSONResponse(body, headers=headers)
 
@@ -225,7 +249,7 @@ class Routes:
         base = base_url(request, self.service)
 
         def render(row: JobRow) -> dict[str, Any]:
-            return render_status(row, base)
+            return status_body(row, base)
 
         stream = status_events(
             self.service,
@@ -239,23 +263,22 @@ class Routes:
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
     async def list_jobs(self, request: Request) -> Response:
-        """GET /api/v2/job_statuses: cursor-paginated, unfinished jobs first."""
-        after, before, size = page_params(request)
-        after_key = decode_cursor(after, LIST_KEY)
-        before_key = decode_cursor(before, LIST_KEY)
-        page: Page[JobRow] = await self.service.list_jobs(
-            tenant_of(request), after_key, before_key, size
+        """GET /api/v2/job_statuses: cursor-paginated, unfinished jobs first; `status` and
+        `job_type` filter."""
+        where, keep = job_filter(request)
+        page = page_params(request, keep)
+        after_key = decode_cursor(page.after, LIST_KEY)
+        before_key = decode_cursor(page.before, LIST_KEY)
+        found: Page[JobRow] = await self.service.list_jobs(
+            tenant_of(request), after_key, before_key, page.size, where=where
         )
         base = base_url(request, self.service)
         body = page_body(
             request,
-            "job_statuses",
-            [render_status(r, base) for r in page.rows],
-            cursors=[r.list_key for r in page.rows],
-            has_more=page.has_more,
-            went_back=before is not None,
-            started_after=after is not None,
-            size=size,
+            page,
+            statuses_body(found.rows, base),
+            cursors=[r.list_key for r in found.rows],
+            has_more=found.has_more,
             base=base,
         )
         return JSONResponse(body)
@@ -270,31 +293,27 @@ class Routes:
             raise InvalidParameter(f"show_many takes at most {MAX_SHOW_MANY} ids")
         wanted = list(dict.fromkeys(i for i in ids if JOB_ID.fullmatch(i)))
         rows = await self.service.get_jobs(tenant_of(request), wanted)
-        base = base_url(request, self.service)
-        return JSONResponse({"job_statuses": [render_status(r, base) for r in rows]})
+        return JSONResponse(statuses_body(rows, base_url(request, self.service)))
 
     async def list_results(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/{id}/results: result entries by index, in pages."""
         job_id = job_id_param(request)
-        after, before, size = page_params(request)
-        after_idx = decode_cursor(after, INDEX)
-        before_idx = decode_cursor(before, INDEX)
-        page = await self.service.list_results(
+        page = page_params(request)
+        after_idx = decode_cursor(page.after, INDEX)
+        before_idx = decode_cursor(page.before, INDEX)
+        found = await self.service.list_results(
             tenant_of(request),
             job_id,
             None if after_idx is None else int(after_idx),
             None if before_idx is None else int(before_idx),
-            size,
+            page.size,
         )
         body = page_body(
             request,
-            "results",
-            [orjson.Fragment(entry) for _, entry in page.rows],
-            cursors=[str(i) for i, _ in page.rows],
-            has_more=page.has_more,
-            went_back=before is not None,
-            started_after=after is not None,
-            size=size,
+            page,
+            {"results": [orjson.Fragment(entry) for _, entry in found.rows]},
+            cursors=[str(i) for i, _ in found.rows],
+            has_more=found.has_more,
             base=base_url(request, self.service),
         )
         return JSONResponse(body)
@@ -302,7 +321,7 @@ class Routes:
     async def cancel_job(self, request: Request) -> Response:
         """POST /api/v2/job_statuses/{id}/cancel: stop the job; unstarted items never run."""
         row = await self.service.cancel_job(tenant_of(request), job_id_param(request))
-        body = {"job_status": render_status(row, base_url(request, self.service))}
+        body = status_body(row, base_url(request, self.service))
         return JSONResponse(body, headers={"ETag": etag(row.id, row.version)})
 
     async def openapi(self, request: Request) -> Response:

@@ -20,7 +20,7 @@ from joblot.client import Client
 from joblot.config import load_client_settings, load_settings
 from joblot.errors import ClientError, JoblotError
 from joblot.logs import LOG_FORMATS
-from joblot.models import JobStatus
+from joblot.models import JobReport, JobStatus, Status
 
 
 class UsageError(Exception):
@@ -116,8 +116,11 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(settings.url, settings.token)
 
 
-def _print_status(status: JobStatus, out: TextIO = sys.stdout) -> None:
-    body = {"job_status": status.model_dump(mode="json")}
+def _print_status(status: JobStatus | JobReport, out: TextIO = sys.stdout) -> None:
+    report = status if isinstance(status, JobReport) else JobReport(job_status=status)
+    body: dict[str, Any] = {"job_status": report.job_status.model_dump(mode="json")}
+    if report.job_stats is not None:
+        body["job_stats"] = report.job_stats.model_dump(mode="json")
     out.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
@@ -158,9 +161,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print one JobStatus."""
+    """Print one JobStatus with its `job_stats` (failed items, times)."""
     with _client(args) as client:
-        _print_status(client.get(args.id))
+        _print_status(client.report(args.id))
     return 0
 
 
@@ -172,23 +175,30 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Print jobs, unfinished first, one line each."""
+    """Print jobs, unfinished first, one line each, with how many items failed."""
     with _client(args) as client:
-        print(f"{'ID':32}  {'JOB TYPE':20}  {'STATUS':9}  {'PROGRESS':>15}  MESSAGE")
-        for count, status in enumerate(client.list(page_size=min(args.limit, 100)), 1):
+        reports = client.reports(
+            page_size=min(args.limit, 100), status=args.status, job_type=args.type
+        )
+        print(f"{'ID':32}  {'JOB TYPE':20}  {'STATUS':9}  {'PROGRESS':>15}  {'FAILED':>7}  MESSAGE")
+        for count, report in enumerate(reports, 1):
+            status, stats = report.job_status, report.job_stats
             done = "-" if status.progress is None else str(status.progress)
             progress = f"{done}/{status.total}"
+            failed = "-" if stats is None else str(stats.failures)
             print(
                 f"{status.id:32}  {status.job_type[:20]:20}  {status.status.value:9}  "
-                f"{progress:>15}  {status.message or ''}"
+                f"{progress:>15}  {failed:>7}  {status.message or ''}"
             )
             if count >= args.limit:
                 break
     return 0
 
 
-def progress_line(status: JobStatus, rate: float | None, width: int = 30) -> str:
-    """`[####------]  1,234/20,000   6%  working  1,234 items/s  ETA 0:00:14`."""
+def progress_line(
+    status: JobStatus, rate: float | None, *, failures: int | None = None, width: int = 30
+) -> str:
+    """`[####------]  1,234/20,000   6%  working  176 failed  1,234 items/s  ETA 0:00:14`."""
     total, done = status.total or 0, status.progress or 0
     share = done / total if total else 0.0
     filled = int(share * width)
@@ -196,6 +206,8 @@ def progress_line(status: JobStatus, rate: float | None, width: int = 30) -> str
         f"[{'#' * filled}{'-' * (width - filled)}] {done:,}/{total:,} {share:4.0%}  "
         f"{status.status.value}"
     )
+    if failures:
+        text += f"  {failures:,} failed"
     if rate:
         text += f"  {rate:,.0f} items/s"
         if not status.finished and total > done:
@@ -204,28 +216,50 @@ def progress_line(status: JobStatus, rate: float | None, width: int = 30) -> str
     return text
 
 
+COMPLETED_WITH_FAILURES = 3  # `watch`'s exit status when the job completed but items failed
+
+
+def outcome(report: JobReport) -> tuple[str, int]:
+    """The last line `watch` prints for a finished job, and its exit status: 0 completed,
+    1 failed, `COMPLETED_WITH_FAILURES` completed with failed items."""
+    status = report.job_status
+    text = status.message or status.status.value
+    failures = 0 if report.job_stats is None else report.job_stats.failures
+    if failures:
+        text += (
+            f"\n{failures:,} of {status.total or 0:,} items failed; "
+            f"see them with `joblot results {status.id} --failed`"
+        )
+    if status.status is not Status.COMPLETED:
+        return text, 1
+    return text, COMPLETED_WITH_FAILURES if failures else 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Follow a job with a live progress bar; exit 0 if it completes, 1 if it fails."""
+    """Follow a job with a live progress bar; exit 0 if it completes, 1 if it fails, 3 if it
+    completes with failed items."""
     tty = sys.stdout.isatty()
     with _client(args) as client:
-        status = client.get(args.id)
+        report = client.report(args.id)
         first_seen: tuple[float, int] | None = None
         while True:
+            status, stats = report.job_status, report.job_stats
             now, done = time.monotonic(), status.progress or 0
             if first_seen is None and status.progress is not None:
                 first_seen = (now, done)
             rate = None
             if first_seen is not None and now > first_seen[0]:
                 rate = (done - first_seen[1]) / (now - first_seen[0]) or None
-            line = progress_line(status, rate)
+            line = progress_line(status, rate, failures=None if stats is None else stats.failures)
             sys.stdout.write(f"\r\x1b[2K{line}" if tty else f"{line}\n")
             sys.stdout.flush()
             if status.finished:
                 break
             time.sleep(args.interval)
-            status = client.get(args.id)
-    print(("\n" if tty else "") + (status.message or status.status.value))
-    return 0 if status.status.value == "completed" else 1
+            report = client.report(args.id)
+    text, code = outcome(report)
+    print(("\n" if tty else "") + text)
+    return code
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -251,6 +285,15 @@ def _log_flags(p: argparse.ArgumentParser) -> None:
         choices=LOG_FORMATS,
         help="text, or json: one JSON object a line (default: env JOBLOT_LOG_FORMAT, else text)",
     )
+
+
+def _statuses(text: str) -> list[str]:
+    """`--status queued,working`: known statuses only (argparse reports the error)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = [s.value for s in Status]
+    if not names or any(n not in known for n in names):
+        raise argparse.ArgumentTypeError(f"give one or more of {', '.join(known)}")
+    return names
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -322,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--interval", type=float, default=0.5, help="seconds between refreshes")
     p = command("list", cmd_list, "list jobs, unfinished first")
     p.add_argument("--limit", type=int, default=100, help="show at most this many (100)")
+    p.add_argument(
+        "--status",
+        type=_statuses,
+        metavar="S[,S]",
+        help="only jobs in these statuses: queued, working, failed, completed",
+    )
+    p.add_argument("--type", metavar="JOB_TYPE", help="only jobs of this job type")
     _client_flags(p)
     return parser
 

@@ -8,7 +8,7 @@ import enum
 import functools
 import threading
 import time
-from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
@@ -18,7 +18,15 @@ from urllib.parse import quote
 import httpx
 
 from joblot.errors import ClientError
-from joblot.models import API_PREFIX, MAX_PAGE_SIZE, MAX_SHOW_MANY, JobStatus
+from joblot.models import (
+    API_PREFIX,
+    MAX_PAGE_SIZE,
+    MAX_SHOW_MANY,
+    JobReport,
+    JobStats,
+    JobStatus,
+    Status,
+)
 
 T = TypeVar("T")
 
@@ -95,6 +103,22 @@ def json_body(response: httpx.Response) -> dict[str, Any]:
 def job_status(body: dict[str, Any]) -> JobStatus:
     """The JobStatus inside a `{"job_status": {...}}` body."""
     return JobStatus.model_validate(body["job_status"])
+
+
+def job_report(body: dict[str, Any]) -> JobReport:
+    """The JobStatus and `job_stats` of a `{"job_status": {...}, "job_stats": {...}}` body."""
+    return JobReport.model_validate(body)
+
+
+def list_filters(status: str | Iterable[str] | None, job_type: str | None) -> dict[str, str]:
+    """The query parameters of a filtered job listing: `status` one status or several."""
+    params: dict[str, str] = {}
+    if status is not None:
+        wanted = [status] if isinstance(status, str) else list(status)
+        params["status"] = ",".join(Status(s).value for s in wanted)
+    if job_type is not None:
+        params["job_type"] = job_type
+    return params
 
 
 def status_path(job_id: str, suffix: str = "") -> str:
@@ -199,16 +223,46 @@ class AsyncClient:
         """The current JobStatus of a job."""
         return job_status(await self._get(status_path(job_id)))
 
-    async def list(self, *, page_size: int = 100) -> AsyncGenerator[JobStatus, None]:
-        """Every job, unfinished first, fetched page by page."""
+    async def report(self, job_id: str) -> JobReport:
+        """The current JobStatus of a job with its `job_stats` (failures and times)."""
+        return job_report(await self._get(status_path(job_id)))
+
+    async def list(
+        self,
+        *,
+        page_size: int = 100,
+        status: str | Iterable[str] | None = None,
+        job_type: str | None = None,
+    ) -> AsyncGenerator[JobStatus, None]:
+        """Every job (of these statuses, of this type), unfinished first, page by page."""
+        reports = self.reports(page_size=page_size, status=status, job_type=job_type)
+        async with aclosing(reports):
+            async for report in reports:
+                yield report.job_status
+
+    async def reports(
+        self,
+        *,
+        page_size: int = 100,
+        status: str | Iterable[str] | None = None,
+        job_type: str | None = None,
+    ) -> AsyncGenerator[JobReport, None]:
+        """As `list`, each JobStatus with its `job_stats`."""
         seen: set[str] = set()  # a job that finishes mid-listing moves; show it once
-        pages = self._paginate(f"{API}/job_statuses.json", "job_statuses", page_size)
+        params = list_filters(status, job_type)
+        pages = self._pages(f"{API}/job_statuses.json", page_size, params)
         async with aclosing(pages):
-            async for entry in pages:
-                status = JobStatus.model_validate(entry)
-                if status.id not in seen:
-                    seen.add(status.id)
-                    yield status
+            async for body in pages:
+                stats = body.get("job_stats") or {}
+                for entry in body["job_statuses"]:
+                    found = JobStatus.model_validate(entry)
+                    if found.id not in seen:
+                        seen.add(found.id)
+                        extra = stats.get(found.id)
+                        yield JobReport(
+                            job_status=found,
+                            job_stats=None if extra is None else JobStats.model_validate(extra),
+                        )
 
     async def show_many(self, ids: builtins.list[str]) -> builtins.list[JobStatus]:
         """The JobStatuses of the jobs among `ids` that exist, in the order asked."""
@@ -269,19 +323,28 @@ class AsyncClient:
         return status
 
     async def _paginate(
-        self, path: str, key: str, page_size: int
+        self, path: str, key: str, page_size: int, params: dict[str, str] | None = None
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The entries under `key` of every page, following `meta.after_cursor`."""
-        params = {"page[size]": str(checked_page_size(page_size))}
+        pages = self._pages(path, page_size, params)
+        async with aclosing(pages):
+            async for body in pages:
+                for entry in body[key]:
+                    yield entry
+
+    async def _pages(
+        self, path: str, page_size: int, params: dict[str, str] | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Every page's body, following `meta.after_cursor` with the same `params`."""
+        query = {**(params or {}), "page[size]": str(checked_page_size(page_size))}
         while True:
-            body = await self._get(path, params)
-            for entry in body[key]:
-                yield entry
+            body = await self._get(path, query)
+            yield body
             meta = body.get("meta") or {}
             cursor = meta.get("after_cursor")
             if not meta.get("has_more") or not cursor:
                 return
-            params = {**params, "page[after]": str(cursor)}
+            query = {**query, "page[after]": str(cursor)}
 
 
 class Client:
@@ -375,9 +438,33 @@ class Client:
         """The current JobStatus of a job."""
         return self._run(self._async.get(job_id))
 
-    def list(self, *, page_size: int = 100) -> Iterator[JobStatus]:
-        """Every job, unfinished first, fetched page by page."""
-        return self._iterate(self._async.list(page_size=page_size))
+    def report(self, job_id: str) -> JobReport:
+        """The current JobStatus of a job with its `job_stats` (failures and times)."""
+        return self._run(self._async.report(job_id))
+
+    def list(
+        self,
+        *,
+        page_size: int = 100,
+        status: str | Iterable[str] | None = None,
+        job_type: str | None = None,
+    ) -> Iterator[JobStatus]:
+        """Every job (of these statuses, of this type), unfinished first, page by page."""
+        return self._iterate(
+            self._async.list(page_size=page_size, status=status, job_type=job_type)
+        )
+
+    def reports(
+        self,
+        *,
+        page_size: int = 100,
+        status: str | Iterable[str] | None = None,
+        job_type: str | None = None,
+    ) -> Iterator[JobReport]:
+        """As `list`, each JobStatus with its `job_stats`."""
+        return self._iterate(
+            self._async.reports(page_size=page_size, status=status, job_type=job_type)
+        )
 
     def show_many(self, ids: builtins.list[str]) -> builtins.list[JobStatus]:
         """The JobStatuses of the jobs among `ids` that exist, in the order asked."""

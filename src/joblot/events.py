@@ -19,8 +19,9 @@ RETRY_MILLIS = 1000  # how soon an EventSource reconnects (with Last-Event-ID) i
 
 
 def event(row: JobRow, render: Callable[[JobRow], dict[str, Any]]) -> bytes:
-    """One `job_status` event; its id is the status version, as in the ETag."""
-    data = orjson.dumps({"job_status": render(row)})
+    """One `job_status` event, its data the body `render` makes (the JobStatus and its
+    `job_stats`); its id is the status version, as in the ETag."""
+    data = orjson.dumps(render(row))
     return b"id: %d\nevent: job_status\ndata: %s\n\n" % (row.version, data)
 
 

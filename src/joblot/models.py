@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_serializer
 
 DEFAULT_TENANT = "default"  # owns the jobs submitted while the server runs without tokens
 MAX_PAGE_SIZE = 100  # entries in one page of a cursor-paginated listing
@@ -89,6 +89,39 @@ class JobStatus(BaseModel):
     def finished(self) -> bool:
         """True once the job is `completed` or `failed`."""
         return self.status.finished
+
+
+class JobStats(BaseModel):
+    """What a JobStatus leaves out, sent beside it as `job_stats`: how many items failed and
+    when the job was created, first claimed, last changed and finished (UTC)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    failures: int
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @field_serializer("created_at", "started_at", "updated_at", "finished_at")
+    def _as_rfc3339(self, value: datetime | None) -> str | None:
+        """Written back as the server writes them: RFC 3339 UTC with milliseconds."""
+        return None if value is None else rfc3339(value.timestamp())
+
+
+class JobReport(BaseModel):
+    """A JobStatus with its `job_stats`, as one status body carries them; `job_stats` is None
+    from a server that sends none (Zendesk)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_status: JobStatus
+    job_stats: JobStats | None = None
+
+
+def rfc3339(t: float) -> str:
+    """A Unix time as RFC 3339 UTC with milliseconds: `2026-11-28T18:07:59.123Z`."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def status_url(base: str, job_id: str) -> str:

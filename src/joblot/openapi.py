@@ -53,6 +53,46 @@ _PAGE = [
 ]
 
 
+def _job_stats() -> dict[str, Any]:
+    """What a JobStatus leaves out (it never gains a key), sent beside it as `job_stats`."""
+    time = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC, milliseconds"}
+    maybe_time = {**time, "type": ["string", "null"]}
+    return {
+        "type": "object",
+        "description": "Sent beside every JobStatus: how many items failed and when the job "
+        "was created, first claimed, last changed (a change to its JobStatus) and finished.",
+        "required": ["failures", "created_at", "started_at", "updated_at", "finished_at"],
+        "properties": {
+            "failures": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Finished items that failed (counted in `progress` too)",
+            },
+            "created_at": time,
+            "started_at": maybe_time,
+            "updated_at": time,
+            "finished_at": maybe_time,
+        },
+    }
+
+
+_LIST_FILTERS = [
+    {
+        "name": "status",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "Only jobs in this status, or in any of a comma list "
+        "(`queued,working`); the page links keep it",
+    },
+    {
+        "name": "job_type",
+        "in": "query",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_JOB_TYPE_LENGTH},
+        "description": "Only jobs of this job type; the page links keep it",
+    },
+]
+
+
 def _schemas() -> dict[str, Any]:
     job_status = JobStatus.model_json_schema(ref_template="#/components/schemas/{model}")
     nested = job_status.pop("$defs", {})
@@ -64,6 +104,11 @@ def _schemas() -> dict[str, Any]:
             "after_cursor": {"type": ["string", "null"]},
             "before_cursor": {"type": ["string", "null"]},
         },
+    }
+    stats_by_id = {
+        "type": "object",
+        "description": "The `job_stats` of each JobStatus of the list, by job id",
+        "additionalProperties": _ref("JobStats"),
     }
     links = {
         "type": "object",
@@ -78,24 +123,29 @@ def _schemas() -> dict[str, Any]:
             "required": ["error", "description"],
             "properties": {"error": {"type": "string"}, "description": {"type": "string"}},
         },
+        "JobStats": _job_stats(),
         "JobStatusEnvelope": {
             "type": "object",
-            "required": ["job_status"],
-            "properties": {"job_status": _ref("JobStatus")},
+            "required": ["job_status", "job_stats"],
+            "properties": {"job_status": _ref("JobStatus"), "job_stats": _ref("JobStats")},
         },
         "JobStatusList": {
             "type": "object",
-            "required": ["job_statuses", "meta", "links"],
+            "required": ["job_statuses", "job_stats", "meta", "links"],
             "properties": {
                 "job_statuses": {"type": "array", "items": _ref("JobStatus")},
+                "job_stats": stats_by_id,
                 "meta": page_meta,
                 "links": links,
             },
         },
         "JobStatusMany": {
             "type": "object",
-            "required": ["job_statuses"],
-            "properties": {"job_statuses": {"type": "array", "items": _ref("JobStatus")}},
+            "required": ["job_statuses", "job_stats"],
+            "properties": {
+                "job_statuses": {"type": "array", "items": _ref("JobStatus")},
+                "job_stats": stats_by_id,
+            },
         },
         "ResultList": {
             "type": "object",
@@ -160,7 +210,7 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "list_jobs",
                 "summary": "List jobs, unfinished first",
-                "parameters": _PAGE,
+                "parameters": [*_PAGE, *_LIST_FILTERS],
                 "responses": {
                     "200": _json(_ref("JobStatusList"), "A page of jobs"),
                     **_errors(400, 503),

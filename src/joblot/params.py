@@ -7,6 +7,7 @@ import base64
 import binascii
 import re
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -19,7 +20,8 @@ from joblot.errors import (
     RecordNotFound,
     UnsupportedMediaType,
 )
-from joblot.models import MAX_PAGE_SIZE
+from joblot.models import MAX_JOB_TYPE_LENGTH, MAX_PAGE_SIZE, Status
+from joblot.store import ANY_JOB, JobFilter
 
 MAX_WAIT_SECONDS = 60
 OFFLOAD_BYTES = 256 * 1024
@@ -46,7 +48,18 @@ def whole_number(text: str) -> int | None:
     return int(digits) if len(digits) <= 18 else sys.maxsize
 
 
-def page_params(request: Request) -> tuple[str | None, str | None, int]:
+@dataclass(frozen=True)
+class PageRequest:
+    """What a paginated request asks for: a cursor (at most one), a page size, and the other
+    query parameters (filters) that the `next`/`prev` links keep."""
+
+    after: str | None
+    before: str | None
+    size: int
+    keep: dict[str, str] = field(default_factory=dict)
+
+
+def page_params(request: Request, keep: dict[str, str] | None = None) -> PageRequest:
     """`page[after]`, `page[before]` and `page[size]` (1 to 100, default 100)."""
     query = request.query_params
     raw_size = query.get("page[size]")
@@ -59,7 +72,37 @@ def page_params(request: Request) -> tuple[str | None, str | None, int]:
     after, before = query.get("page[after]"), query.get("page[before]")
     if after is not None and before is not None:
         raise InvalidParameter("give page[after] or page[before], not both")
-    return after, before, size
+    return PageRequest(after, before, size, keep or {})
+
+
+_STATUS_NAMES = ", ".join(s.value for s in Status)
+_STATUS_VALUES = frozenset(s.value for s in Status)
+
+
+def job_filter(request: Request) -> tuple[JobFilter, dict[str, str]]:
+    """`status=a,b` (one or a comma list; commas plain or %2C) and `job_type=NAME` (exact) of a
+    job listing, and the same as query parameters for the links of its pages."""
+    query = request.query_params
+    raw_status, job_type = query.get("status"), query.get("job_type")
+    if raw_status is None and job_type is None:
+        return ANY_JOB, {}
+    keep: dict[str, str] = {}
+    statuses = None
+    if raw_status is not None:
+        names = {n.strip() for n in raw_status.split(",") if n.strip()}
+        unknown = sorted(names - _STATUS_VALUES)
+        if unknown or not names:
+            shown = ", ".join(repr(n[:50]) for n in unknown[:5]) or "nothing"
+            raise InvalidParameter(f"status must be one or more of {_STATUS_NAMES}; got {shown}")
+        statuses = frozenset(Status(n) for n in names)
+        keep["status"] = ",".join(s.value for s in Status if s in statuses)
+    if job_type is not None:
+        if not 1 <= len(job_type) <= MAX_JOB_TYPE_LENGTH:
+            raise InvalidParameter(
+                f"job_type must be a job type's name, 1 to {MAX_JOB_TYPE_LENGTH} characters"
+            )
+        keep["job_type"] = job_type
+    return JobFilter(statuses=statuses, job_type=job_type), keep
 
 
 def encode_cursor(value: str) -> str:

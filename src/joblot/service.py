@@ -23,9 +23,11 @@ from joblot.errors import (
 from joblot.logs import job_event
 from joblot.models import MAX_JOB_TYPE_LENGTH, new_job_id
 from joblot.store import (
+    ANY_JOB,
     Claim,
     FinishedItem,
     FinishOutcome,
+    JobFilter,
     JobRow,
     LapsedLease,
     MetricCounts,
@@ -221,9 +223,16 @@ class Service:
         )
 
     async def list_jobs(
-        self, tenant: str, after: str | None, before: str | None, size: int
+        self,
+        tenant: str,
+        after: str | None,
+        before: str | None,
+        size: int,
+        *,
+        where: JobFilter = ANY_JOB,
     ) -> Page[JobRow]:
-        """A page of jobs: unfinished first, then finished ones, newest first."""
+        """A page of the jobs `where` lets through: unfinished first, then finished ones,
+        newest first."""
         return await self.store.list_jobs(
             tenant,
             now=self.clock(),
@@ -231,6 +240,7 @@ class Service:
             before=before,
             size=size,
             inline=self.settings.inline_results,
+            where=where,
         )
 
     async def list_results(

@@ -73,7 +73,7 @@ async def test_a_100_kb_job_id_is_not_found_and_not_echoed(tmp_path: Path) -> No
             response = await raw_request(app, method, f"/api/v2/job_statuses/{LONG}{suffix}")
             assert_error(response, 404, "RecordNotFound")
         many = await raw_request(app, "GET", f"/api/v2/job_statuses/show_many?ids={LONG}")
-        assert many.status_code == 200 and many.json() == {"job_statuses": []}
+        assert many.status_code == 200 and many.json() == {"job_statuses": [], "job_stats": {}}
         await baseline.assert_untouched()
 
 
@@ -191,7 +191,10 @@ async def test_show_many_ignores_hostile_ids_and_finds_only_real_ones(tmp_path: 
         baseline = await Baseline.store(h)
         for hostile in [*HOSTILE_IDS, ",,,,", "," * 10_000, f"{baseline.id}' OR 1=1 --"]:
             response = await h.http.get("/api/v2/job_statuses/show_many", params={"ids": hostile})
-            assert response.status_code == 200 and response.json() == {"job_statuses": []}
+            assert response.status_code == 200 and response.json() == {
+                "job_statuses": [],
+                "job_stats": {},
+            }
             mixed = await h.http.get(
                 "/api/v2/job_statuses/show_many", params={"ids": f"{hostile},{baseline.id}"}
             )
@@ -206,7 +209,7 @@ async def test_unknown_and_repeated_query_parameters_are_harmless(tmp_path: Path
     async with harness(tmp_path) as h:
         baseline = await Baseline.store(h)
         for query in (
-            f"tenant=other&status=failed&{quote(SQL[1])}=1",
+            f"tenant=other&state=failed&{quote(SQL[1])}=1",
             "page[size]=1&page[size]=abc",
             "page%5Bsize%5D=1&page[size]=2",
             "page[size][]=1",

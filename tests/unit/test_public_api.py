@@ -12,6 +12,8 @@ def test_public_names_are_pinned_and_sorted() -> None:
         "Context",
         "ItemFailed",
         "JobAborted",
+        "JobReport",
+        "JobStats",
         "JobStatus",
         "Status",
         "__version__",

@@ -60,6 +60,22 @@ class JobRow:
     version: int
     results: list[bytes] | None  # finished entries as JSON, by index; None when not inline
     list_key: str
+    failures: int  # items that finished unsuccessfully (counted with `progress`)
+    created_at: float
+    started_at: float | None  # the first claim
+    updated_at: float  # the last visible change (version bump)
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing shows: any of `statuses` (all when None), of `job_type` if given."""
+
+    statuses: frozenset[Status] | None = None
+    job_type: str | None = None
+
+
+ANY_JOB = JobFilter()
 
 
 @dataclass(frozen=True)
@@ -190,8 +206,10 @@ class Store(Protocol):
         before: str | None,
         size: int,
         inline: int,
+        where: JobFilter = ANY_JOB,
     ) -> Page[JobRow]:
-        """Jobs ordered by `list_key`, after or before a key, small ones with results inline."""
+        """Jobs ordered by `list_key`, after or before a key, small ones with results inline;
+        only those `where` lets through."""
 
     async def list_results(
         self,

@@ -16,6 +16,7 @@ from joblot.models import (
 from joblot.store import (
     FinishedItem,
     JobCounts,
+    JobFilter,
     JobRow,
     LapsedLease,
     MetricCounts,
@@ -54,6 +55,27 @@ def finished_prefix(finished_at: float) -> str:
     return f"1{_inverted_micros(finished_at)}"
 
 
+def filter_params(where: JobFilter) -> dict[str, Any]:
+    """The parameters of a filtered `list_jobs` query: the statuses asked for, and the range of
+    listing keys they can have. Unfinished jobs' keys start with `0` and finished ones' with
+    `1`, so asking only for unfinished (or only for finished) jobs reads just that part of the
+    tenant's listing index."""
+    statuses = set(Status) if where.statuses is None else set(where.statuses)
+    low = "" if any(not s.finished for s in statuses) else "1"
+    high = "2" if any(s.finished for s in statuses) else "1"
+    return {
+        "statuses": sorted(s.value for s in statuses),
+        "job_type": where.job_type,
+        "low": low,
+        "high": high,
+    }
+
+
+def list_operation(where: JobFilter) -> str:
+    """The named `list_jobs` query for a filter: by job type, through that type's index."""
+    return "list_jobs" if where.job_type is None else "list_jobs_of_type"
+
+
 # -- rows and parameters ------------------------------------------------------------------------
 
 
@@ -85,12 +107,22 @@ def queued_row(job: NewJob) -> JobRow:
         version=1,
         results=None,
         list_key=unfinished_list_key(job.created_at, job.id),
+        failures=0,
+        created_at=job.created_at,
+        started_at=None,
+        updated_at=job.created_at,
+        finished_at=None,
     )
 
 
+JOB_COLUMNS = 13  # the columns of `get_job.select` that make a JobRow (inline results follow)
+
+
 def job_row(row: tuple[Any, ...], results: list[bytes] | None) -> JobRow:
-    """A JobRow from the first eight columns of `get_job.select` and its inline results."""
+    """A JobRow from the first `JOB_COLUMNS` columns of `get_job.select` and its inline
+    results."""
     id_, job_type, status, total, progress, message, version, list_key = row[:8]
+    failures, created_at, started_at, updated_at, finished_at = row[8:JOB_COLUMNS]
     return JobRow(
         id=id_,
         job_type=job_type,
@@ -101,6 +133,11 @@ def job_row(row: tuple[Any, ...], results: list[bytes] | None) -> JobRow:
         version=version,
         results=results,
         list_key=list_key,
+        failures=failures,
+        created_at=created_at,
+        started_at=started_at,
+        updated_at=updated_at,
+        finished_at=finished_at,
     )
 
 
@@ -132,9 +169,10 @@ def state_params(
     claimed_at: float | None = None,
 ) -> dict[str, Any]:
     """The parameters of `job_state.save`: what the rules decided, and whether the change is
-    visible (bumping the version, hence the ETag) and finishes the job (stamping its purge
-    time and its place among finished jobs)."""
+    visible (bumping the version, hence the ETag, and stamping `updated_at`) and finishes the
+    job (stamping its purge time and its place among finished jobs)."""
     check_transition(old.status, new.status)
+    visible = (new.status, new.progress, new.message) != (old.status, old.progress, old.message)
     return {
         "id": job_id,
         "status": new.status.value,
@@ -145,9 +183,8 @@ def state_params(
         "message_set": new.message_set,
         "skipped": new.skipped,
         "cancelled": new.cancelled,
-        "bump": int(
-            (new.status, new.progress, new.message) != (old.status, old.progress, old.message)
-        ),
+        "bump": int(visible),
+        "visible": visible,
         "claimed_at": claimed_at,
         "finished": new.status.finished and not old.status.finished,
         "now": now,

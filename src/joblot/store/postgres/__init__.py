@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 from joblot.store import (
+    ANY_JOB,
     Claim,
     FinishedItem,
     FinishOutcome,
+    JobFilter,
     JobRow,
     LapsedLease,
     MetricCounts,
@@ -90,11 +92,20 @@ class PostgresStore:
         before: str | None,
         size: int,
         inline: int,
+        where: JobFilter = ANY_JOB,
     ) -> Page[JobRow]:
-        """A page of jobs in listing order, each with its results inline when small."""
+        """A page of the jobs `where` lets through, in listing order, each with its results
+        inline when small."""
         async with self._pool.connection() as conn:
             return await clients.list_jobs(
-                conn, tenant, now=now, after=after, before=before, size=size, inline=inline
+                conn,
+                tenant,
+                now=now,
+                after=after,
+                before=before,
+                size=size,
+                inline=inline,
+                where=where,
             )
 
     async def list_results(

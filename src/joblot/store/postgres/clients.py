@@ -12,14 +12,17 @@ import psycopg
 
 from joblot.errors import Unavailable
 from joblot.models import JOB_DURATION_BUCKETS, after_stop
-from joblot.store import JobRow, MetricCounts, NewJob, Page, TokenRow
+from joblot.store import ANY_JOB, JobFilter, JobRow, MetricCounts, NewJob, Page, TokenRow
 from joblot.store.common import (
+    JOB_COLUMNS,
+    filter_params,
     idempotency_key_reused,
     job_finished,
     job_params,
     job_row,
     keyset_page,
     keyset_query,
+    list_operation,
     metric_counts,
     queued_row,
     state_from_row,
@@ -114,7 +117,7 @@ async def _find_idempotent(conn: Conn, job: NewJob) -> JobRow | None:
 
 
 def _job_row(row: Row) -> JobRow:
-    results = row[8]
+    results = row[JOB_COLUMNS]
     return job_row(row, None if results is None else list(results))
 
 
@@ -142,10 +145,13 @@ async def list_jobs(
     before: str | None,
     size: int,
     inline: int,
+    where: JobFilter = ANY_JOB,
 ) -> Page[JobRow]:
-    """A page of jobs in listing order, each with its results inline when small."""
-    name, key = keyset_query("list_jobs", after, before, "")
+    """A page of the jobs `where` lets through, in listing order, each with its results
+    inline when small."""
+    name, key = keyset_query(list_operation(where), after, before, "")
     params = {"tenant": tenant, "key": key, "now": now, "limit": size + 1, "inline": inline}
+    params.update(filter_params(where))
     rows = await fetch_all(conn, name, params)
     page, has_more = keyset_page(rows, size, backwards=before is not None)
     return Page([_job_row(r) for r in page], has_more)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 
 from joblot.store import (
+    ANY_JOB,
     Claim,
     FinishedItem,
     FinishOutcome,
+    JobFilter,
     JobRow,
     LapsedLease,
     MetricCounts,
@@ -72,10 +74,19 @@ class SQLiteStore:
         before: str | None,
         size: int,
         inline: int,
+        where: JobFilter = ANY_JOB,
     ) -> Page[JobRow]:
-        """A page of jobs in listing order, each with its results inline when small."""
+        """A page of the jobs `where` lets through, in listing order, each with its results
+        inline when small."""
         return await self._db.read(
-            clients.list_jobs, tenant, now=now, after=after, before=before, size=size, inline=inline
+            clients.list_jobs,
+            tenant,
+            now=now,
+            after=after,
+            before=before,
+            size=size,
+            inline=inline,
+            where=where,
         )
 
     async def list_results(

@@ -10,14 +10,16 @@ from typing import Any
 import orjson
 
 from joblot.models import JOB_DURATION_BUCKETS, Status, after_stop
-from joblot.store import JobRow, MetricCounts, NewJob, Page, TokenRow
+from joblot.store import ANY_JOB, JobFilter, JobRow, MetricCounts, NewJob, Page, TokenRow
 from joblot.store.common import (
+    filter_params,
     idempotency_key_reused,
     job_finished,
     job_params,
     job_row,
     keyset_page,
     keyset_query,
+    list_operation,
     metric_counts,
     queued_row,
     state_from_row,
@@ -102,10 +104,15 @@ def list_jobs(
     before: str | None,
     size: int,
     inline: int,
+    where: JobFilter = ANY_JOB,
 ) -> Page[JobRow]:
-    """A page of jobs in listing order, each with its results inline when small."""
-    name, key = keyset_query("list_jobs", after, before, "")
-    rows = fetch_all(conn, name, {"tenant": tenant, "key": key, "now": now, "limit": size + 1})
+    """A page of the jobs `where` lets through, in listing order, each with its results
+    inline when small."""
+    name, key = keyset_query(list_operation(where), after, before, "")
+    params = {"tenant": tenant, "key": key, "now": now, "limit": size + 1}
+    params.update(filter_params(where))
+    params["statuses"] = orjson.dumps(params["statuses"]).decode()
+    rows = fetch_all(conn, name, params)
     page, has_more = keyset_page(rows, size, backwards=before is not None)
     return Page([job_row(r, _inline_results(conn, r, inline)) for r in page], has_more)
 

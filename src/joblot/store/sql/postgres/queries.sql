@@ -51,9 +51,10 @@ SELECT count(*) FROM jobs WHERE tenant = %(tenant)s AND list_key < '1';
 -- once. ON CONFLICT waits for the other insert to commit and then returns no row, so the
 -- caller looks up the winner's job instead of failing on the unique index.
 INSERT INTO jobs (id, tenant, job_type, action, status, total, pending, max_failures,
-                  idempotency_key, request_hash, created_at, list_key)
+                  idempotency_key, request_hash, created_at, updated_at, list_key)
 VALUES (%(id)s, %(tenant)s, %(job_type)s, %(action)s, 'queued', %(total)s, %(total)s,
-        %(max_failures)s, %(idempotency_key)s, %(request_hash)s, %(created_at)s, %(list_key)s)
+        %(max_failures)s, %(idempotency_key)s, %(request_hash)s, %(created_at)s, %(created_at)s,
+        %(list_key)s)
 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
 
@@ -81,6 +82,7 @@ SELECT 1;
 -- round trip here, so the inline results, a bounded range scan for jobs with at most
 -- `inline` items, come back in the same one.
 SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at,
        CASE WHEN total <= %(inline)s AND status <> 'queued' THEN ARRAY(
            SELECT entry FROM results WHERE results.job_id = jobs.id ORDER BY idx) END
 FROM jobs
@@ -90,6 +92,7 @@ WHERE id = %(id)s AND tenant = %(tenant)s AND (expires_at IS NULL OR expires_at 
 -- Differs from SQLite (one get_job per id): all the asked jobs in one round trip, in the
 -- order asked (WITH ORDINALITY), with the same inline results as get_job.select.
 SELECT j.id, j.job_type, j.status, j.total, j.progress, j.message, j.version, j.list_key,
+       j.failures, j.created_at, j.started_at, j.updated_at, j.finished_at,
        CASE WHEN j.total <= %(inline)s AND j.status <> 'queued' THEN ARRAY(
            SELECT entry FROM results WHERE results.job_id = j.id ORDER BY idx) END
 FROM unnest(%(ids)s::text[]) WITH ORDINALITY AS asked (id, n)
@@ -98,20 +101,52 @@ WHERE j.tenant = %(tenant)s AND (j.expires_at IS NULL OR j.expires_at > %(now)s)
 ORDER BY asked.n;
 
 -- name: list_jobs.after
--- Small jobs carry their results inline, as in get_job.select.
+-- Small jobs carry their results inline, as in get_job.select. `low` and `high` bound the keys
+-- the statuses asked for can have (unfinished jobs' keys start with 0, finished ones' with 1).
 SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at,
        CASE WHEN total <= %(inline)s AND status <> 'queued' THEN ARRAY(
            SELECT entry FROM results WHERE results.job_id = jobs.id ORDER BY idx) END
 FROM jobs
-WHERE tenant = %(tenant)s AND list_key > %(key)s AND (expires_at IS NULL OR expires_at > %(now)s)
+WHERE tenant = %(tenant)s AND list_key > %(key)s AND list_key >= %(low)s AND list_key < %(high)s
+  AND status = ANY(%(statuses)s::text[])
+  AND (expires_at IS NULL OR expires_at > %(now)s)
 ORDER BY list_key LIMIT %(limit)s;
 
 -- name: list_jobs.before
 SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at,
        CASE WHEN total <= %(inline)s AND status <> 'queued' THEN ARRAY(
            SELECT entry FROM results WHERE results.job_id = jobs.id ORDER BY idx) END
 FROM jobs
-WHERE tenant = %(tenant)s AND list_key < %(key)s AND (expires_at IS NULL OR expires_at > %(now)s)
+WHERE tenant = %(tenant)s AND list_key < %(key)s AND list_key >= %(low)s AND list_key < %(high)s
+  AND status = ANY(%(statuses)s::text[])
+  AND (expires_at IS NULL OR expires_at > %(now)s)
+ORDER BY list_key DESC LIMIT %(limit)s;
+
+-- name: list_jobs_of_type.after
+-- As list_jobs.after, for one job type: a range of jobs_list_type.
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at,
+       CASE WHEN total <= %(inline)s AND status <> 'queued' THEN ARRAY(
+           SELECT entry FROM results WHERE results.job_id = jobs.id ORDER BY idx) END
+FROM jobs
+WHERE tenant = %(tenant)s AND job_type = %(job_type)s
+  AND list_key > %(key)s AND list_key >= %(low)s AND list_key < %(high)s
+  AND status = ANY(%(statuses)s::text[])
+  AND (expires_at IS NULL OR expires_at > %(now)s)
+ORDER BY list_key LIMIT %(limit)s;
+
+-- name: list_jobs_of_type.before
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at,
+       CASE WHEN total <= %(inline)s AND status <> 'queued' THEN ARRAY(
+           SELECT entry FROM results WHERE results.job_id = jobs.id ORDER BY idx) END
+FROM jobs
+WHERE tenant = %(tenant)s AND job_type = %(job_type)s
+  AND list_key < %(key)s AND list_key >= %(low)s AND list_key < %(high)s
+  AND status = ANY(%(statuses)s::text[])
+  AND (expires_at IS NULL OR expires_at > %(now)s)
 ORDER BY list_key DESC LIMIT %(limit)s;
 
 -- name: list_results.after
@@ -144,13 +179,16 @@ WHERE id = %(id)s AND tenant = %(tenant)s AND (expires_at IS NULL OR expires_at 
 FOR NO KEY UPDATE;
 
 -- name: job_state.save
--- Writes back what the rules decided; a job that just finished gets its finish time,
--- its purge time and its place among finished jobs in the listing order.
+-- Writes back what the rules decided; a visible change is stamped in `updated_at`, the first
+-- claim in `started_at`, and a job that just finished gets its finish time, its purge time
+-- and its place among finished jobs in the listing order.
 UPDATE jobs SET
     status = %(status)s, progress = %(progress)s, failures = %(failures)s,
     pending = %(pending)s, message = %(message)s, message_set = %(message_set)s,
     version = version + %(bump)s, skipped = %(skipped)s, cancelled = %(cancelled)s,
     claimed_at = coalesce(%(claimed_at)s::double precision, claimed_at),
+    started_at = coalesce(started_at, %(claimed_at)s::double precision),
+    updated_at = CASE WHEN %(visible)s THEN %(now)s ELSE updated_at END,
     finished_at = CASE WHEN %(finished)s THEN %(now)s ELSE finished_at END,
     expires_at = CASE WHEN %(finished)s THEN %(now)s + %(retention)s ELSE expires_at END,
     list_key = CASE WHEN %(finished)s THEN %(finished_prefix)s || substr(list_key, 2)

@@ -24,16 +24,18 @@ WHERE tenant = :tenant AND idempotency_key = :key;
 
 -- name: submit_job.insert_job
 INSERT INTO jobs (id, tenant, job_type, action, status, total, pending, max_failures,
-                  idempotency_key, request_hash, created_at, list_key)
+                  idempotency_key, request_hash, created_at, updated_at, list_key)
 VALUES (:id, :tenant, :job_type, :action, 'queued', :total, :total, :max_failures,
-        :idempotency_key, :request_hash, :created_at, :list_key);
+        :idempotency_key, :request_hash, :created_at, :created_at, :list_key);
 
 -- name: submit_job.insert_item
 INSERT INTO items (job_id, idx, payload) VALUES (?, ?, ?);
 
 -- name: get_job.select
 -- One primary-key lookup; expired jobs read as missing even before they are purged.
-SELECT id, job_type, status, total, progress, message, version, list_key FROM jobs
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at
+FROM jobs
 WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now);
 
 -- name: get_job.inline_results
@@ -41,13 +43,45 @@ WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now
 SELECT entry FROM results WHERE job_id = :id ORDER BY idx;
 
 -- name: list_jobs.after
-SELECT id, job_type, status, total, progress, message, version, list_key FROM jobs
-WHERE tenant = :tenant AND list_key > :key AND (expires_at IS NULL OR expires_at > :now)
+-- A range of the tenant's part of jobs_list: `low` and `high` bound the keys the statuses asked
+-- for can have (unfinished jobs' keys start with 0, finished ones' with 1).
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at
+FROM jobs
+WHERE tenant = :tenant AND list_key > :key AND list_key >= :low AND list_key < :high
+  AND status IN (SELECT value FROM json_each(:statuses))
+  AND (expires_at IS NULL OR expires_at > :now)
 ORDER BY list_key LIMIT :limit;
 
 -- name: list_jobs.before
-SELECT id, job_type, status, total, progress, message, version, list_key FROM jobs
-WHERE tenant = :tenant AND list_key < :key AND (expires_at IS NULL OR expires_at > :now)
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at
+FROM jobs
+WHERE tenant = :tenant AND list_key < :key AND list_key >= :low AND list_key < :high
+  AND status IN (SELECT value FROM json_each(:statuses))
+  AND (expires_at IS NULL OR expires_at > :now)
+ORDER BY list_key DESC LIMIT :limit;
+
+-- name: list_jobs_of_type.after
+-- As list_jobs.after, for one job type: a range of jobs_list_type. Without statistics SQLite
+-- would rather walk jobs_list and skip the other types' jobs, hence INDEXED BY.
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at
+FROM jobs INDEXED BY jobs_list_type
+WHERE tenant = :tenant AND job_type = :job_type
+  AND list_key > :key AND list_key >= :low AND list_key < :high
+  AND status IN (SELECT value FROM json_each(:statuses))
+  AND (expires_at IS NULL OR expires_at > :now)
+ORDER BY list_key LIMIT :limit;
+
+-- name: list_jobs_of_type.before
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at
+FROM jobs INDEXED BY jobs_list_type
+WHERE tenant = :tenant AND job_type = :job_type
+  AND list_key < :key AND list_key >= :low AND list_key < :high
+  AND status IN (SELECT value FROM json_each(:statuses))
+  AND (expires_at IS NULL OR expires_at > :now)
 ORDER BY list_key DESC LIMIT :limit;
 
 -- name: list_results.after
@@ -73,13 +107,16 @@ SELECT status, total, progress, failures, pending, message, message_set, max_fai
 FROM jobs WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now);
 
 -- name: job_state.save
--- Writes back what the rules decided; a job that just finished gets its finish time,
--- its purge time and its place among finished jobs in the listing order.
+-- Writes back what the rules decided; a visible change is stamped in `updated_at`, the first
+-- claim in `started_at`, and a job that just finished gets its finish time, its purge time
+-- and its place among finished jobs in the listing order.
 UPDATE jobs SET
     status = :status, progress = :progress, failures = :failures, pending = :pending,
     message = :message, message_set = :message_set, version = version + :bump,
     skipped = :skipped, cancelled = :cancelled,
     claimed_at = coalesce(:claimed_at, claimed_at),
+    started_at = coalesce(started_at, :claimed_at),
+    updated_at = CASE WHEN :visible THEN :now ELSE updated_at END,
     finished_at = CASE WHEN :finished THEN :now ELSE finished_at END,
     expires_at = CASE WHEN :finished THEN :now + :retention ELSE expires_at END,
     list_key = CASE WHEN :finished THEN :finished_prefix || substr(list_key, 2) ELSE list_key END
