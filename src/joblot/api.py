@@ -20,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from joblot.auth import Authenticator
+from joblot.dashboard import Dashboard
 from joblot.errors import (
     InvalidParameter,
     JoblotError,
@@ -413,7 +414,7 @@ def create_app(
 
     routes = Routes(service, auth_clock)
     return Starlette(
-        routes=_routes(routes),
+        routes=[*_routes(routes), *Dashboard().routes()],
         middleware=[Middleware(MetricsMiddleware, metrics=routes.http_metrics)],
         exception_handlers={
             JoblotError: _joblot_error,
