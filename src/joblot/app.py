@@ -58,6 +58,7 @@ class JobType:
     handler: Handler
     action: str | None = None
     max_failures: int | None = None  # the job fails once more items than this have failed
+    timeout: float | None = None  # seconds an item may run; None: the server's default
 
     @property
     def is_async(self) -> bool:
@@ -72,12 +73,24 @@ class App:
         self._types: dict[str, JobType] = {}
 
     def job_type(
-        self, name: str, action: str | None = None, *, max_failures: int | None = None
+        self,
+        name: str,
+        action: str | None = None,
+        *,
+        max_failures: int | None = None,
+        timeout: float | None = None,
     ) -> Callable[[Handler], Handler]:
-        """Register the decorated function as the per-item handler of job type `name`."""
+        """Register the decorated function as the per-item handler of job type `name`.
+
+        `timeout`: seconds an item may run before it fails with `Timeout` (default: the
+        server's `item_timeout_seconds`).
+        """
 
         def register(handler: Handler) -> Handler:
-            self.add(JobType(name, handler, action=action, max_failures=max_failures))
+            job_type = JobType(
+                name, handler, action=action, max_failures=max_failures, timeout=timeout
+            )
+            self.add(job_type)
             return handler
 
         return register
@@ -86,6 +99,10 @@ class App:
         """Register a job type; a name can be registered once."""
         if not job_type.name or len(job_type.name) > MAX_JOB_TYPE_LENGTH:
             raise ConfigError(f"a job type name must have 1 to {MAX_JOB_TYPE_LENGTH} characters")
+        if job_type.timeout is not None and not job_type.timeout > 0:
+            raise ConfigError(
+                f"job type {job_type.name!r}: timeout must be a number of seconds > 0"
+            )
         if job_type.name in self._types:
             raise ConfigError(f"job type {job_type.name!r} is registered twice")
         self._types[job_type.name] = job_type

@@ -64,8 +64,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         }
     )
     configure_logging(settings.log_level, settings.log_format)
-    run_worker(settings, parent=args.parent)
-    return 0
+    return run_worker(settings, parent=args.parent)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -32,6 +32,8 @@ class Settings:
     lease_seconds: float = 5.0  # a dead worker's items go back to the queue after this
     batch_size: int = 500  # most items claimed in one go
     max_attempts: int = 3  # an item that loses its worker this often fails for good
+    item_timeout_seconds: float = 3600.0  # an item running longer fails with Timeout
+    stop_grace_seconds: float = 10.0  # a stopping worker waits this long for running items
     retention_seconds: float = 86400.0  # finished jobs are purged after this
     inline_results: int = 1000  # jobs with more items serve results from /results only
     max_items: int = 100_000  # items accepted in one job
@@ -51,6 +53,8 @@ class Settings:
             "lease_seconds",
             "batch_size",
             "max_attempts",
+            "item_timeout_seconds",
+            "stop_grace_seconds",
             "max_active_jobs",
             "rate_limit_per_minute",
             "pool_size",

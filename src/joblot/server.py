@@ -117,12 +117,19 @@ async def migrate(settings: Settings) -> list[int]:
 # -- worker process ---------------------------------------------------------------------------
 
 
-def run_worker(settings: Settings, parent: int | None = None) -> None:
-    """Run one worker until SIGTERM or SIGINT (or, given `parent`, until that process dies)."""
+def run_worker(settings: Settings, parent: int | None = None) -> int:
+    """Run one worker until SIGTERM or SIGINT (or, given `parent`, until that process dies);
+    its exit status: 0, or `EXIT_REPLACE` when it stopped to be replaced by a fresh process."""
     app = load_app(settings.app)
     if parent is not None and not _exit_with_parent(parent):
-        return
-    asyncio.run(_work(settings, app))
+        return 0
+    worker = asyncio.run(_work(settings, app))
+    if worker.stuck:
+        # A handler thread that never returns would keep the interpreter from exiting.
+        log.warning("exiting with %d handler(s) still stuck", worker.stuck)
+        logging.shutdown()
+        os._exit(worker.exit_status)
+    return worker.exit_status
 
 
 def _exit_with_parent(parent: int) -> bool:
@@ -133,7 +140,7 @@ def _exit_with_parent(parent: int) -> bool:
     return os.getppid() == parent
 
 
-async def _work(settings: Settings, app: App) -> None:
+async def _work(settings: Settings, app: App) -> Worker:
     store = await prepare_store(settings, migrate_if_empty=False)
     worker = Worker(Service(store, app, settings), app)
     loop = asyncio.get_running_loop()
@@ -149,7 +156,11 @@ async def _work(settings: Settings, app: App) -> None:
         await worker.run()
     finally:
         await store.close()
-    log.info("worker %s stopped", worker.worker_id)
+    if worker.replace:
+        log.warning("worker %s stopped to be replaced by a fresh process", worker.worker_id)
+    else:
+        log.info("worker %s stopped", worker.worker_id)
+    return worker
 
 
 # -- serve ----------------------------------------------------------------------------------
@@ -179,7 +190,8 @@ class WorkerPool:
         while not self._stopping.wait(1.0):
             for i, proc in enumerate(self.procs):
                 # exit status 0 is a worker that was asked to stop (e.g. Ctrl-C reached the
-                # whole process group): serve is stopping too, so it is not replaced
+                # whole process group): serve is stopping too, so it is not replaced; any
+                # other (a crash, or EXIT_REPLACE: a handler got stuck) is
                 if proc.poll() not in (None, 0) and not self._stopping.is_set():
                     log.warning(
                         "worker process %d exited with %s; starting another",
@@ -198,7 +210,8 @@ class WorkerPool:
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.lease_seconds + 10
+        grace = max(self.settings.lease_seconds + 10, self.settings.stop_grace_seconds + 5)
+        deadline = time.monotonic() + grace
         for proc in self.procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))

@@ -1,4 +1,11 @@
-"""The worker: claim a batch, run its handlers, report results, renew leases, stop gracefully."""
+"""The worker: claim batches, run their handlers, report results, renew leases, stop in time.
+
+Handlers are user code and may misbehave; each misbehaviour ends one item, never the worker,
+its job or a neighbour. An item that runs past its timeout fails with `Timeout`. A sync
+handler's thread cannot be killed, so a worker left with a stuck thread stops taking work,
+hands back what it has not started and exits with `EXIT_REPLACE`, so that its supervisor
+(`joblot serve`, systemd, Kubernetes) starts a fresh process.
+"""
 
 from __future__ import annotations
 
@@ -8,150 +15,28 @@ import functools
 import logging
 import os
 import socket
-import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from joblot import codec
-from joblot.app import App, Context, ItemFailed, JobAborted, JobType
+from joblot.app import App, Context, JobAborted
+from joblot.batch import Batch, ItemTimedOut, Runner, failure, ident_of
 from joblot.errors import JoblotError
 from joblot.logs import job_event
 from joblot.maintenance import Maintenance
-from joblot.models import failure_entry, success_entry
 from joblot.service import Service
-from joblot.store import Claim, ClaimedItem, FinishedItem, FinishOutcome
+from joblot.store import Claim, FinishedItem, FinishOutcome
 
 log = logging.getLogger("joblot.worker")
 
-FLUSH_SECONDS = 0.1  # how often a running batch reports progress
+FLUSH_SECONDS = 0.1  # how often a running batch reports progress and checks its timeouts
 TARGET_BATCH_SECONDS = 0.5  # claim about this much work at a time, so small jobs get turns
-
-
-def to_result(job_type: JobType, index: int, ident: dict[str, Any], returned: Any) -> FinishedItem:
-    """Turn what a handler returned (or raised, as `returned`) into a result entry.
-
-    `ident` holds the item's `id`, taken before the handler ran (handlers may change items).
-    Whatever the handler did, this returns an entry: a result that cannot be stored fails
-    its item with `InvalidResult` instead of the worker, and text that a database cannot hold
-    is made storable (see `joblot.codec`).
-    """
-    if isinstance(returned, BaseException):
-        return _failure(job_type, index, ident, *_describe(returned))
-    if returned is None:
-        returned = {}
-    if not isinstance(returned, dict):
-        kind = type(returned).__name__
-        details = f"the handler returned {kind}; it must return a dict or None"
-        return _failure(job_type, index, ident, "InvalidResult", details)
-    try:
-        entry = success_entry(index, ident, job_type.action, returned)
-        return FinishedItem(index, True, codec.dumps_storable(entry))
-    except Exception as exc:  # not JSON, or a value whose str() raises
-        details = f"the handler's result is not JSON-serializable: {_safe_str(exc)}"
-        return _failure(job_type, index, ident, "InvalidResult", details)
-
-
-def _failure(
-    job_type: JobType, index: int, ident: dict[str, Any], error: str, details: str
-) -> FinishedItem:
-    error, details = codec.without_surrogates(error), codec.without_surrogates(details)
-    entry = failure_entry(index, ident, job_type.action, error, details)
-    return FinishedItem(index, False, codec.dumps(entry))
-
-
-def _ident(item: dict[str, Any]) -> dict[str, Any]:
-    return {"id": item["id"]} if "id" in item else {}
-
-
-def _describe(exc: BaseException) -> tuple[str, str]:
-    if isinstance(exc, ItemFailed):
-        return _safe_str(exc.error), _safe_str(exc.details)
-    return type(exc).__name__, _safe_str(exc) or type(exc).__name__
-
-
-def _safe_str(value: object) -> str:
-    """str(value), or a plain stand-in when its __str__ raises (handlers' objects may)."""
-    try:
-        return str(value)
-    except Exception:
-        return f"<{type(value).__name__} that cannot be shown as text>"
-
-
-class _Refused(Exception):
-    """The database refused results or a message (logged where it happened)."""
-
-
-def _indexes(results: list[FinishedItem]) -> str:
-    shown = ", ".join(str(it.index) for it in results[:20])
-    return shown + (f" and {len(results) - 20} more" if len(results) > 20 else "")
-
-
-def _unstorable(batch: Batch, finished: FinishedItem) -> FinishedItem:
-    """A plain failed entry in place of a result the database refused."""
-    ident = {}
-    with contextlib.suppress(Exception):
-        ident = _ident(codec.decode_item(finished.entry))
-    details = "the database refused this item's result; see the worker's log"
-    return _failure(batch.job_type, finished.index, ident, "UnstorableResult", details)
-
-
-class Batch:
-    """One claimed batch while it runs: items still to start, results not yet reported."""
-
-    def __init__(self, claim: Claim, job_type: JobType) -> None:
-        self.claim = claim
-        self.job_type = job_type
-        self.todo: deque[ClaimedItem] = deque(claim.items)
-        self.done: list[FinishedItem] = []
-        self.message: str | None = None
-        self.aborted: str | None = None  # the reason of the first item that aborted the job
-        self.aborted_entries: list[FinishedItem] = []  # reported together with the abort
-        self.stopped = False  # no new item starts once set
-        self.lock = threading.Lock()
-
-    def next_item(self) -> ClaimedItem | None:
-        """The next item to start, or None when the batch is drained or stopped."""
-        if self.stopped:
-            return None
-        try:
-            return self.todo.popleft()
-        except IndexError:
-            return None
-
-    def begin(self, item: ClaimedItem) -> tuple[dict[str, Any], dict[str, Any], Context]:
-        """What a handler gets for `item`, and the item's `id`, taken before it runs."""
-        payload = codec.decode_item(item.payload)
-        ctx = Context(self.claim.job_id, self.job_type.name, item.index, item.attempt)
-        return payload, _ident(payload), ctx
-
-    def record(self, item: ClaimedItem, ident: dict[str, Any], returned: Any, ctx: Context) -> None:
-        """Keep an item's result (and the message its handler reported) until the next flush."""
-        result = to_result(self.job_type, item.index, ident, returned)
-        with self.lock:
-            self.done.append(result)
-            if ctx.reported is not None:
-                self.message = ctx.reported
-
-    def abort(self, item: ClaimedItem, ident: dict[str, Any], exc: JobAborted) -> None:
-        """The item's handler aborted the whole job: keep its `Aborted` entry for the report
-        that stops the job, and start no more items."""
-        reason = _safe_str(exc.message)
-        entry = _failure(self.job_type, item.index, ident, "Aborted", reason)
-        with self.lock:
-            self.aborted_entries.append(entry)
-            if self.aborted is None:
-                self.aborted = reason
-            self.stopped = True
-
-    def take(self) -> tuple[list[FinishedItem], str | None]:
-        """The results and message gathered since the last flush."""
-        with self.lock:
-            done, self.done = self.done, []
-            message, self.message = self.message, None
-        return done, message
+# An async handler is cancelled at its timeout; one that ignores the cancellation this long
+# is given up like a stuck thread.
+ASYNC_GRACE_SECONDS = 1.0
+EXIT_REPLACE = 3  # exit status of a worker that stopped because a handler thread is stuck
 
 
 class Worker:
@@ -171,9 +56,17 @@ class Worker:
         self._stopped_jobs: dict[str, None] = {}
         self._claim_size = min(self.settings.batch_size, self.concurrency * 2)
         self._stopping = asyncio.Event()
+        self.replace = False  # it stopped itself to be replaced: a handler got stuck
+        self.stuck = 0  # handler threads and tasks given up on, still running
+
+    @property
+    def exit_status(self) -> int:
+        """0 after a requested stop; EXIT_REPLACE when it stopped to be replaced."""
+        return EXIT_REPLACE if self.replace else 0
 
     def stop(self) -> None:
-        """Ask the worker to stop: no new claims; running items finish and are reported."""
+        """Ask the worker to stop: no new claims; running items finish (for up to
+        `stop_grace_seconds`) and are reported; items not started are handed back."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -186,19 +79,42 @@ class Worker:
         try:
             await self._claim_loop(running)
         finally:
-            for batch in self._batches.values():
-                batch.stopped = True
-            if running:
-                await asyncio.wait(running)
+            await self._drain(running)
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            self._threads.shutdown(wait=True)
+            # A stuck handler thread never returns: waiting for it would never end.
+            self._threads.shutdown(wait=self.stuck == 0, cancel_futures=True)
+
+    async def _drain(self, running: set[asyncio.Task[None]]) -> None:
+        """Let running items finish for up to `stop_grace_seconds`, then give up on them: their
+        batches conclude and hand them back to the queue with the items never started."""
+        for batch in self._batches.values():
+            batch.stopped = True
+        if not running:
+            return
+        _, late = await asyncio.wait(running, timeout=self.settings.stop_grace_seconds)
+        if not late:
+            return
+        for batch in list(self._batches.values()):
+            given_up = batch.abandon_running()
+            if given_up:
+                self.stuck += len(given_up)
+                log.warning(
+                    "stopping: items %s of job %s still running after %g s go back to the queue",
+                    ", ".join(str(item.index) for item in given_up),
+                    batch.claim.job_id,
+                    self.settings.stop_grace_seconds,
+                    extra=_extra(batch),
+                )
+        await asyncio.wait(late)
 
     async def _claim_loop(self, running: set[asyncio.Task[None]]) -> None:
         in_flight = asyncio.Semaphore(2)  # one batch runs while the next is claimed/reported
         while not self._stopping.is_set():
             await in_flight.acquire()
+            if self._stopping.is_set():
+                break
             claim = await self._claim()
             if claim is None:
                 in_flight.release()
@@ -235,6 +151,8 @@ class Worker:
             log.exception("claim failed unexpectedly, retrying")
         return None
 
+    # -- one batch ------------------------------------------------------------------------------
+
     async def _run_batch(self, claim: Claim) -> None:
         """Run one claimed batch to its end. Nothing escapes: a failure is logged with the job
         and the batch's lease is released or left to lapse, so its items run again."""
@@ -253,65 +171,94 @@ class Worker:
     async def _run_claim(self, claim: Claim) -> None:
         job_type = self.app.get(claim.job_type)
         assert job_type is not None  # only registered types are claimed
-        batch = Batch(claim, job_type)
+        timeout = job_type.timeout or self.settings.item_timeout_seconds
+        batch = Batch(claim, job_type, timeout)
         batch.stopped = claim.job_id in self._stopped_jobs
         self._batches[claim.lease_id] = batch
         started = time.monotonic()
-        ran = asyncio.Event()
-        # The flusher is never cancelled: a report cut off mid-way could be lost.
-        flusher = asyncio.create_task(self._flush_periodically(batch, ran))
         try:
-            await self._run_items(batch)
+            await self._drive(batch, self._start_runners(batch))
         finally:
-            ran.set()
-            await flusher
             await self._conclude(batch)
         self._adapt_claim_size(len(claim.items), time.monotonic() - started)
 
-    async def _run_items(self, batch: Batch) -> None:
-        runners = min(self.concurrency, len(batch.claim.items))
-        if batch.job_type.is_async:
-            await asyncio.gather(*(self._run_async(batch) for _ in range(runners)))
-        else:
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._threads, self._run_sync, batch, loop)
-                    for _ in range(runners)
-                )
-            )
+    def _start_runners(self, batch: Batch) -> dict[asyncio.Future[None], Runner]:
+        """Up to `concurrency` runners, each taking the batch's items one after another:
+        threads for a sync handler, tasks on this loop for an async one."""
+        loop = asyncio.get_running_loop()
+        runners: dict[asyncio.Future[None], Runner] = {}
+        for _ in range(min(self.concurrency, len(batch.claim.items))):
+            runner = batch.runner()
+            if batch.job_type.is_async:
+                future: asyncio.Future[None] = loop.create_task(self._run_async(batch, runner))
+            else:
+                future = loop.run_in_executor(self._threads, self._run_sync, batch, runner, loop)
+            future.add_done_callback(functools.partial(_log_failure, batch))
+            runners[future] = runner
+        return runners
 
-    def _run_sync(self, batch: Batch, loop: asyncio.AbstractEventLoop) -> None:
+    async def _drive(self, batch: Batch, runners: dict[asyncio.Future[None], Runner]) -> None:
+        """Wait for the batch's runners, reporting every FLUSH_SECONDS and failing items that
+        run past their timeout; a runner given up on is not waited for."""
+        pending = set(runners)
+        while True:
+            pending = {f for f in pending if not runners[f].abandoned}
+            if not pending or (batch.stopped and not batch.running()):
+                return  # runners still queued will find the batch stopped and start nothing
+            _, pending = await asyncio.wait(pending, timeout=FLUSH_SECONDS)
+            if pending:
+                self._expire(batch)
+                await self._flush(batch, final=False)
+
+    def _expire(self, batch: Batch) -> None:
+        """Fail the batch's items that ran past their timeout; their handlers cannot be
+        stopped, so this worker makes way for a fresh process."""
+        grace = ASYNC_GRACE_SECONDS if batch.job_type.is_async else 0.0
+        late = batch.overdue(time.monotonic(), grace)
+        if not late:
+            return
+        self.stuck += len(late)
+        log.error(
+            "job %s: items %s ran past the timeout of %g s and failed with Timeout; their "
+            "handler %s cannot be stopped, so this worker stops taking work to be replaced",
+            batch.claim.job_id,
+            ", ".join(str(item.index) for item in late),
+            batch.timeout,
+            "ignored its cancellation and" if batch.job_type.is_async else "thread",
+            extra=_extra(batch),
+        )
+        self.replace = True
+        self.stop()
+
+    def _run_sync(self, batch: Batch, runner: Runner, loop: asyncio.AbstractEventLoop) -> None:
         """Runs in a handler thread: start items until the batch is drained or stopped."""
         handler = batch.job_type.handler
-        while (item := batch.next_item()) is not None:
-            payload, ident, ctx = batch.begin(item)
+        while (started := batch.start(runner)) is not None:
+            payload, ctx = started
             try:
                 returned = handler(payload, ctx)
-            except JobAborted as exc:
-                batch.abort(item, ident, exc)
-                loop.call_soon_threadsafe(self._stop_batches_of, batch.claim.job_id)
-                return
             except BaseException as exc:  # SystemExit too: a handler thread cannot end the worker
                 returned = exc
-            batch.record(item, ident, returned, ctx)
+            if not batch.record(runner, returned, ctx):
+                return  # given up on: the item already failed with Timeout
+            if isinstance(returned, JobAborted):
+                loop.call_soon_threadsafe(self._stop_batches_of, batch.claim.job_id)
 
-    async def _run_async(self, batch: Batch) -> None:
+    async def _run_async(self, batch: Batch, runner: Runner) -> None:
+        """Runs on the loop: start items until the batch is drained or stopped, at most
+        `concurrency` at once across batches, each cancelled at its timeout."""
         handler: Callable[..., Awaitable[Any]] = batch.job_type.handler
-        while (item := batch.next_item()) is not None:
-            payload, ident, ctx = batch.begin(item)
+        while True:
             async with self._item_slots:
-                try:
-                    returned = await handler(payload, ctx)
-                except JobAborted as exc:
-                    batch.abort(item, ident, exc)
-                    self._stop_batches_of(batch.claim.job_id)
+                started = batch.start(runner)
+                if started is None:
                     return
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as exc:  # SystemExit too: it would stop the event loop
-                    returned = exc
-            batch.record(item, ident, returned, ctx)
+                payload, ctx = started
+                returned = await _call_async(handler, payload, ctx, batch.timeout)
+            if not batch.record(runner, returned, ctx):
+                return
+            if isinstance(returned, JobAborted):
+                self._stop_batches_of(batch.claim.job_id)
 
     def _stop_batches_of(self, job_id: str) -> None:
         """The job stopped: start no more of its items in any batch of this worker."""
@@ -322,13 +269,7 @@ class Worker:
             if batch.claim.job_id == job_id:
                 batch.stopped = True
 
-    async def _flush_periodically(self, batch: Batch, ran: asyncio.Event) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ran.wait(), FLUSH_SECONDS)
-            if ran.is_set():
-                return
-            await self._flush(batch, final=False)
+    # -- reporting ------------------------------------------------------------------------------
 
     async def _flush(self, batch: Batch, *, final: bool, abort: str | None = None) -> None:
         done, message = batch.take()
@@ -422,25 +363,20 @@ class Worker:
 
     async def _conclude(self, batch: Batch) -> None:
         """Report the last results (with an abort, the job fails in the same transaction) and
-        hand back the items that never started.
+        hand back the items without a result: never started, or given up on while stopping.
 
         Never raises: the lease is released, or left to lapse so that its items run again."""
-        unstarted = bool(batch.todo)
         try:
             if batch.aborted is not None:
-                batch.done.extend(batch.aborted_entries)
+                batch.done.extend(batch.take_aborted())
                 log.info(
                     "job %s aborted by its handler: %s",
                     batch.claim.job_id,
                     batch.aborted,
-                    extra={
-                        "job_id": batch.claim.job_id,
-                        "job_type": batch.claim.job_type,
-                        "tenant": batch.claim.tenant,
-                    },
+                    extra=_extra(batch),
                 )
-            await self._flush(batch, final=not unstarted, abort=batch.aborted)
-            if unstarted:
+            await self._flush(batch, final=batch.leftover == 0, abort=batch.aborted)
+            if batch.leftover:
                 await self.service.release_lease(batch.claim.lease_id)
         except JoblotError as exc:
             log.warning(
@@ -474,6 +410,8 @@ class Worker:
         grown = min(wanted, self._claim_size * 4)
         self._claim_size = max(self.concurrency, min(self.settings.batch_size, grown))
 
+    # -- leases ---------------------------------------------------------------------------------
+
     async def _renew_leases(self) -> None:
         held = list(self._batches)
         if not held:
@@ -496,3 +434,47 @@ class Worker:
             except Exception:  # a helper that dies silently would stop requeues for good
                 log.exception("%s failed unexpectedly", action.__name__)
             await asyncio.sleep(seconds)
+
+
+async def _call_async(
+    handler: Callable[..., Awaitable[Any]], payload: dict[str, Any], ctx: Context, timeout: float
+) -> Any:
+    """What an async handler returned or raised, cancelled after `timeout` seconds."""
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope:
+            return await handler(payload, ctx)
+    except asyncio.CancelledError:
+        raise  # the worker itself is being cancelled
+    except BaseException as exc:  # SystemExit too: it would stop the event loop
+        return ItemTimedOut() if scope.expired() else exc
+
+
+class _Refused(Exception):
+    """The database refused results or a message (logged where it happened)."""
+
+
+def _extra(batch: Batch) -> dict[str, str]:
+    """The ids a log line about a batch carries as fields (for JSON logs)."""
+    claim = batch.claim
+    return {"job_id": claim.job_id, "job_type": claim.job_type, "tenant": claim.tenant}
+
+
+def _log_failure(batch: Batch, future: asyncio.Future[None]) -> None:
+    """A runner must not fail; if one does, say so (and never leave its exception unread)."""
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("a runner of job %s failed", batch.claim.job_id, exc_info=exc)
+
+
+def _indexes(results: list[FinishedItem]) -> str:
+    shown = ", ".join(str(it.index) for it in results[:20])
+    return shown + (f" and {len(results) - 20} more" if len(results) > 20 else "")
+
+
+def _unstorable(batch: Batch, finished: FinishedItem) -> FinishedItem:
+    """A plain failed entry in place of a result the database refused."""
+    ident: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        ident = ident_of(codec.decode_item(finished.entry))
+    details = "the database refused this item's result; see the worker's log"
+    return failure(batch.job_type, finished.index, ident, "UnstorableResult", details)

@@ -154,6 +154,17 @@ def start_server(tmp_path: Path, joblot_env: dict[str, str]) -> Iterator[Any]:
         server.stop()
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of one process group, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+                members.append(int(stat.parent.name))
+    return members
+
+
 def count_rows(db_url: str, table: str, job_id: str, where: str = "") -> int:
     """How many rows of `table` belong to `job_id` right now, read from the database itself."""
     condition = f" AND {where}" if where else ""

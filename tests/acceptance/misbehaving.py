@@ -5,6 +5,8 @@ Each item says how its handler misbehaves, so that one job can hold innocent ite
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from typing import Any
 
@@ -28,3 +30,30 @@ def abort_on_request(item: dict[str, Any], ctx: Context) -> dict[str, Any]:
         ctx.abort(item["abort"])
     time.sleep(item.get("seconds", 0))
     return {}
+
+
+def _hang_or_sleep(item: dict[str, Any]) -> dict[str, Any]:
+    """Never return if the item says `hang` (a thread no one can stop); else sleep `seconds`."""
+    if item.get("hang"):
+        threading.Event().wait()
+    time.sleep(item.get("seconds", 0))
+    return {}
+
+
+@app.job_type("test.hang", timeout=2)
+def hang_on_request(item: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Hang or sleep as the item says, with a timeout of 2 s."""
+    return _hang_or_sleep(item)
+
+
+@app.job_type("test.hang_async", timeout=2)
+async def hang_async_on_request(item: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """The async twin of `test.hang`: its sleep is cancelled at the timeout."""
+    await asyncio.sleep(3600 if item.get("hang") else item.get("seconds", 0))
+    return {}
+
+
+@app.job_type("test.hang_long")
+def hang_with_the_default_timeout(item: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Hang or sleep as the item says, with the server's (long) default timeout."""
+    return _hang_or_sleep(item)

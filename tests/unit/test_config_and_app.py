@@ -52,6 +52,20 @@ def test_job_types_register_once_with_their_options() -> None:
         app.job_type("tickets.update")(handler)
 
 
+def test_a_timeout_is_a_positive_number_of_seconds() -> None:
+    app = App()
+
+    def handler(item: dict[str, object], ctx: object) -> None:
+        return None
+
+    app.job_type("quick", timeout=2.5)(handler)
+    registered = app.get("quick")
+    assert registered is not None and registered.timeout == 2.5
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="timeout must be a number of seconds > 0"):
+            app.job_type(f"bad{bad}", timeout=bad)(handler)
+
+
 def test_load_app_explains_what_is_wrong() -> None:
     assert "demo.echo" in load_app("joblot.demo:app")
     with pytest.raises(ConfigError, match="MODULE:ATTR"):

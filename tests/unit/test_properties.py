@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from joblot.app import JobType
 from joblot.auth import credential, digest
+from joblot.batch import to_result
 from joblot.errors import InvalidParameter
 from joblot.models import (
     TRANSITIONS,
@@ -30,7 +31,6 @@ from joblot.models import (
 )
 from joblot.params import JOB_ID, LIST_KEY, decode_cursor, encode_cursor
 from joblot.store.common import finished_prefix, unfinished_list_key
-from joblot.worker import to_result
 
 PROPERTY = settings(max_examples=200, derandomize=True, deadline=None)
 RESULT_INDEX = re.compile(r"\d{1,12}")  # what /results accepts inside its cursors

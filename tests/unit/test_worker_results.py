@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from joblot.app import ItemFailed, JobType
-from joblot.worker import to_result
+from joblot.batch import to_result
 
 
 def _handler(item: dict[str, Any], ctx: object) -> None:
