@@ -99,12 +99,19 @@ def joblot_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "joblot"]
 
 
-def start_server(db_url: str, workers: int, log: Path, extra_env: dict[str, str]) -> Server:
-    """Start `joblot serve` in a new session so that its workers can be signalled together."""
+def start_server(
+    db_url: str,
+    workers: int,
+    log: Path,
+    extra_env: dict[str, str],
+    command: list[str] | None = None,
+) -> Server:
+    """Start `joblot serve` in a new session so that its workers can be signalled together.
+    `command` runs instead of `joblot` (e.g. a wrapper that counts its queries)."""
     port = free_port()
     env = {**os.environ, "JOBLOT_LOG_LEVEL": "warning", **extra_env}
     argv = [
-        *joblot_command(),
+        *(command or joblot_command()),
         "serve",
         "--workers",
         str(workers),
@@ -203,10 +210,14 @@ def _wait_group_gone(proc: subprocess.Popen[bytes], seconds: float) -> bool:
 
 @contextlib.contextmanager
 def running_server(
-    db_url: str, workers: int, log: Path, extra_env: dict[str, str] | None = None
+    db_url: str,
+    workers: int,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> Iterator[tuple[Server, httpx.Client]]:
     """A ready server and a keep-alive client for it; both are gone on exit."""
-    server = start_server(db_url, workers, log, extra_env or {})
+    server = start_server(db_url, workers, log, extra_env or {}, command)
     try:
         with httpx.Client(base_url=server.url, timeout=120.0) as client:
             wait_ready(server, client)

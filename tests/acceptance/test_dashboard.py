@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -198,3 +199,45 @@ def test_the_list_and_a_job_page_fit_a_phone_screen(
     visitor.open(f"#/jobs/{long_type_job['id']}")
     expect(page.locator("table.results tbody tr")).to_have_count(1)
     assert page.evaluate(width) <= PHONE["width"]
+
+
+def test_the_list_filters_by_status_and_type_on_the_server(
+    start_server: Any, visit: Callable[..., Visitor]
+) -> None:
+    server = start_server(workers=1)
+    echo = server.submit("demo.echo", [{"id": 1}])
+    server.wait(echo["id"])
+    sleeping = server.submit("demo.sleep", [{"id": i, "seconds": 0.5} for i in range(40)])
+    server.wait(sleeping["id"], until=("working",))
+    visitor = visit(server)
+    page = visitor.open("#/?status=queued,working")
+    expect(visitor.row(sleeping["id"])).to_be_visible()
+    expect(visitor.row(echo["id"])).to_have_count(0)
+    page.locator("#filter-status").select_option("completed")
+    expect(visitor.row(echo["id"])).to_be_visible()
+    expect(visitor.row(sleeping["id"])).to_have_count(0)
+    assert "status=completed" in page.url
+    page.locator("#filter-status").select_option("")
+    page.locator("#filter-type").fill("demo.sleep")
+    page.locator("#filter-type").press("Enter")
+    expect(visitor.row(sleeping["id"])).to_be_visible()
+    expect(visitor.row(echo["id"])).to_have_count(0)
+    server.http.post(f"/api/v2/job_statuses/{sleeping['id']}/cancel")
+    assert visitor.errors == []
+
+
+def test_a_job_whose_progress_has_not_moved_for_a_minute_is_flagged(
+    start_server: Any, visit: Callable[..., Visitor]
+) -> None:
+    server = start_server(workers=1)
+    slow = server.submit("demo.sleep", [{"id": 1, "seconds": 4}, {"id": 2, "seconds": 4}])
+    server.wait(slow["id"], until=("working",))
+    visitor = visit(server)
+    visitor.page.clock.install()  # the browser's clock, so a minute can pass at once
+    page = visitor.open()
+    row = visitor.row(slow["id"])
+    expect(row).to_be_visible()
+    expect(row.locator(".flag")).to_be_hidden()
+    page.clock.fast_forward("02:00")
+    expect(row.locator(".flag")).to_have_text(re.compile(r"no progress for 2m"))
+    expect(row).to_have_class(re.compile(r"\bstalled\b"))

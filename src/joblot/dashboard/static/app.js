@@ -133,6 +133,7 @@ async function tryToken(value, problem) {
 function showLive(state) {
   live.hidden = false;
   live.className = `live ${state}`;
+  live.dataset.state = state;
   live.textContent = { live: "live", connecting: "reconnecting…", unavailable: "not live" }[state] || state;
   live.title = state === "unavailable" ? "This server has no tenant event stream: reload to refresh." : "";
 }

@@ -68,11 +68,17 @@ export function clock(ms) {
   return hours ? `${hours}:${String(minutes).padStart(2, "0")}:${seconds}` : `${minutes}:${seconds}`;
 }
 
-/** An RFC 3339 time as the reader's local date and time, or "–". */
+/** An RFC 3339 time in the reader's time zone: "14:03:27" today, else "2026-12-01 14:03". */
 export function when(iso) {
   if (!iso) return "–";
   const t = new Date(iso);
-  return Number.isNaN(t.getTime()) ? String(iso) : t.toLocaleString();
+  if (Number.isNaN(t.getTime())) return String(iso);
+  const two = (n) => String(n).padStart(2, "0");
+  const day = `${t.getFullYear()}-${two(t.getMonth() + 1)}-${two(t.getDate())}`;
+  const today = new Date();
+  const sameDay = t.toDateString() === today.toDateString();
+  const hm = `${two(t.getHours())}:${two(t.getMinutes())}`;
+  return sameDay ? `${hm}:${two(t.getSeconds())}` : `${day} ${hm}`;
 }
 
 /** The first characters of a job id, enough to tell jobs apart on screen. */

@@ -65,7 +65,7 @@ export function jobView(ctx, id) {
   }
 
   function fact(term, value, cls) {
-    return [h("dt", {}, term), h("dd", { class: cls }, value)];
+    return h("div", {}, h("dt", {}, term), h("dd", { class: cls }, value));
   }
 
   function tick() {
@@ -77,7 +77,7 @@ export function jobView(ctx, id) {
       fact("Done", `${count(status.progress ?? 0)} / ${count(status.total)}`),
       fact("Failures", count(failures), failures ? "bad" : undefined),
       fact("Items/s", status.status === "queued" ? "–" : rate(job.rate)),
-      fact("ETA", clock(job.eta)),
+      job.finished ? fact("Took", clock(job.runTime)) : fact("ETA", clock(job.eta)),
       fact("Age", span(job.age)),
       fact("Created", when(stats && stats.created_at)),
       fact("Started", when(stats && stats.started_at)),

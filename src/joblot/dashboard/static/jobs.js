@@ -95,6 +95,14 @@ export class Job {
     return rate && left >= 0 ? (left * 1000) / rate : null;
   }
 
+  /** From its first claim to its end (or now), or null. */
+  get runTime() {
+    const started = this.stats && time(this.stats.started_at);
+    if (!started) return null;
+    const end = (this.finished && time(this.stats.finished_at)) || serverNow();
+    return end - started;
+  }
+
   /** How long ago it was created (from job_stats), or null. */
   get age() {
     const created = this.stats && time(this.stats.created_at);
