@@ -167,6 +167,7 @@ export function listView(ctx, params) {
     row.cells.type.textContent = status.job_type;
     row.cells.type.title = status.job_type;
     replace(row.cells.status, badge(status.status));
+    row.cells.status.title = status.message ?? "";
     row.cells.bar.max = Math.max(status.total ?? 1, 1);
     row.cells.bar.value = status.progress ?? 0; // 0 while queued
     row.cells.done.textContent = `${count(status.progress ?? 0)} / ${count(status.total)}`;
