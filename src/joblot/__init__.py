@@ -4,6 +4,7 @@ from joblot.app import App, Context, ItemFailed, JobAborted
 from joblot.client import AsyncClient, Client
 from joblot.errors import ClientError
 from joblot.models import JobReport, JobStats, JobStatus, Status
+from joblot.webhooks import WebhookVerificationError, verify_webhook
 
 __version__ = "0.1.0"
 
@@ -19,5 +20,7 @@ __all__ = [
     "JobStats",
     "JobStatus",
     "Status",
+    "WebhookVerificationError",
     "__version__",
+    "verify_webhook",
 ]

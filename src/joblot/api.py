@@ -47,7 +47,7 @@ from joblot.params import (
     tags,
 )
 from joblot.service import Service
-from joblot.store import JobRow, Page
+from joblot.store import DeliveryRow, JobRow, Page
 
 log = logging.getLogger("joblot.api")
 
@@ -118,6 +118,20 @@ def statuses_body(rows: list[JobRow], base: str) -> dict[str, Any]:
     return {
         "job_statuses": [render_status(r, base) for r in rows],
         "job_stats": {r.id: render_stats(r) for r in rows},
+    }
+
+
+def render_delivery(row: DeliveryRow) -> dict[str, Any]:
+    """A webhook delivery: its webhook-id, event type, state and every attempt."""
+    return {
+        "id": row.id,
+        "type": row.type,
+        "state": row.state,
+        "attempts": [
+            {"at": rfc3339(a.at), "status_code": a.status_code, "error": a.error}
+            for a in row.attempts
+        ],
+        "next_attempt_at": None if row.next_attempt_at is None else rfc3339(row.next_attempt_at),
     }
 
 
@@ -203,8 +217,8 @@ class Routes:
         if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
             raise InvalidParameter("Idempotency-Key must be 1 to 255 printable ASCII characters")
         doc = await read_json_body(request, self.service.settings.max_body_bytes)
-        row, created = await self.service.submit_job(tenant, doc, key)
         base = base_url(request, self.service)
+        row, created = await self.service.submit_job(tenant, doc, key, public_url=base)
         headers = {
             "Location": status_url(base, row.id),
             "Retry-After": "1",
@@ -325,6 +339,16 @@ class Routes:
         body = status_body(row, base_url(request, self.service))
         return JSONResponse(body, headers={"ETag": etag(row.id, row.version)})
 
+    async def list_deliveries(self, request: Request) -> Response:
+        """GET /api/v2/job_statuses/{id}/deliveries: the job's webhook deliveries."""
+        rows = await self.service.list_deliveries(tenant_of(request), job_id_param(request))
+        return JSONResponse({"deliveries": [render_delivery(r) for r in rows]})
+
+    async def redeliver(self, request: Request) -> Response:
+        """POST /api/v2/job_statuses/{id}/deliveries/redeliver: send the event again (202)."""
+        rows = await self.service.redeliver(tenant_of(request), job_id_param(request))
+        return JSONResponse({"deliveries": [render_delivery(r) for r in rows]}, status_code=202)
+
     async def openapi(self, request: Request) -> Response:
         """GET /openapi.json: the OpenAPI 3.1 description of this API."""
         return JSONResponse(openapi_document())
@@ -354,6 +378,8 @@ def _routes(r: Routes) -> list[Route]:
         *api(f"{API}/job_statuses/show_many", r.show_many, "GET"),
         *api(f"{API}/job_statuses/{{id}}/results", r.list_results, "GET"),
         *api(f"{API}/job_statuses/{{id}}/cancel", r.cancel_job, "POST"),
+        *api(f"{API}/job_statuses/{{id}}/deliveries", r.list_deliveries, "GET"),
+        *api(f"{API}/job_statuses/{{id}}/deliveries/redeliver", r.redeliver, "POST"),
         # `{id}` below also matches `<id>.json`; job_id_param takes the suffix off
         *api(f"{API}/job_statuses/{{id}}/events", r.job_events, "GET", json_suffix=False),
         *api(f"{API}/job_statuses/{{id}}", r.show_job, "GET", json_suffix=False),

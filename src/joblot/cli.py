@@ -103,6 +103,19 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """Print a tenant's webhook signing secret (created on first use), or rotate it."""
+    from joblot import server
+
+    settings = load_settings({"database_url": args.db})
+    try:
+        tenant = check_tenant(args.tenant)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(asyncio.run(server.webhook_secret(settings, tenant, rotate=args.rotate)))
+    return 0
+
+
 def _utc(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -154,7 +167,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """Submit a job and print its JobStatus."""
     items = read_items(args.items)
     with _client(args) as client:
-        status = client.submit(args.job_type, items, idempotency_key=args.idempotency_key)
+        status = client.submit(
+            args.job_type,
+            items,
+            idempotency_key=args.idempotency_key,
+            callback_url=args.callback_url,
+        )
     _print_status(status)
     return 0
 
@@ -347,10 +365,23 @@ def build_parser() -> argparse.ArgumentParser:
     revoked = tokens.add_parser("revoke", help="revoke a token by its id")
     revoked.add_argument("id")
     _server_flags(revoked, app=False)
+    p = command("webhooks", cmd_webhooks, "show or rotate a tenant's webhook signing secret")
+    hooks = p.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    secret = hooks.add_parser(
+        "secret", help="print the tenant's signing secret alone on stdout (created on first use)"
+    )
+    secret.add_argument("--tenant", required=True, help="the tenant whose deliveries it signs")
+    secret.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace it with a new one (the old one also signs for a day: docs/security.md)",
+    )
+    _server_flags(secret, app=False)
     p = command("submit", cmd_submit, "submit a job and print its JobStatus")
     p.add_argument("job_type")
     p.add_argument("--items", metavar="FILE", help="JSON array or JSON lines (default: stdin)")
     p.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
+    p.add_argument("--callback-url", help="POST a signed event here when the job finishes")
     _client_flags(p)
     for name, fn, text in (
         ("status", cmd_status, "print a JobStatus"),

@@ -208,14 +208,19 @@ class AsyncClient:
         items: Sequence[Mapping[str, Any]],
         *,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> JobStatus:
-        """Queue a job of `items`; with `idempotency_key` a retry returns the same job."""
+        """Queue a job of `items`; with `idempotency_key` a retry returns the same job; with
+        `callback_url` a signed event is POSTed there when the job finishes."""
         headers: dict[str, str] = {}
         retry = Retry.NEVER
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
             retry = Retry.ALWAYS
-        body = {"job": {"job_type": job_type, "items": [dict(item) for item in items]}}
+        job: dict[str, Any] = {"job_type": job_type, "items": [dict(item) for item in items]}
+        if callback_url is not None:
+            job["callback_url"] = callback_url
+        body = {"job": job}
         response = await self._request("POST", f"{API}/jobs", retry, json=body, headers=headers)
         return job_status(json_body(response))
 
@@ -286,6 +291,19 @@ class AsyncClient:
         """Stop a job: items not yet started never run, and it ends `failed`."""
         response = await self._request("POST", status_path(job_id, "/cancel"), Retry.THROTTLED)
         return job_status(json_body(response))
+
+    async def deliveries(self, job_id: str) -> builtins.list[dict[str, Any]]:
+        """The job's webhook deliveries, each with every attempt."""
+        body = await self._get(status_path(job_id, "/deliveries"))
+        deliveries: builtins.list[dict[str, Any]] = body["deliveries"]
+        return deliveries
+
+    async def redeliver(self, job_id: str) -> builtins.list[dict[str, Any]]:
+        """Send the job's webhook event again (a new round of attempts); its deliveries."""
+        path = status_path(job_id, "/deliveries/redeliver")
+        body = json_body(await self._request("POST", path, Retry.THROTTLED))
+        deliveries: builtins.list[dict[str, Any]] = body["deliveries"]
+        return deliveries
 
     async def wait(
         self,
@@ -430,9 +448,15 @@ class Client:
         items: Sequence[Mapping[str, Any]],
         *,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> JobStatus:
-        """Queue a job of `items`; with `idempotency_key` a retry returns the same job."""
-        return self._run(self._async.submit(job_type, items, idempotency_key=idempotency_key))
+        """Queue a job of `items`; with `idempotency_key` a retry returns the same job; with
+        `callback_url` a signed event is POSTed there when the job finishes."""
+        return self._run(
+            self._async.submit(
+                job_type, items, idempotency_key=idempotency_key, callback_url=callback_url
+            )
+        )
 
     def get(self, job_id: str) -> JobStatus:
         """The current JobStatus of a job."""
@@ -477,6 +501,14 @@ class Client:
     def cancel(self, job_id: str) -> JobStatus:
         """Stop a job: items not yet started never run, and it ends `failed`."""
         return self._run(self._async.cancel(job_id))
+
+    def deliveries(self, job_id: str) -> builtins.list[dict[str, Any]]:
+        """The job's webhook deliveries, each with every attempt."""
+        return self._run(self._async.deliveries(job_id))
+
+    def redeliver(self, job_id: str) -> builtins.list[dict[str, Any]]:
+        """Send the job's webhook event again (a new round of attempts); its deliveries."""
+        return self._run(self._async.redeliver(job_id))
 
     def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 25.0) -> JobStatus:
         """The JobStatus once the job is completed or failed, by long polling; or TimeoutError."""

@@ -45,6 +45,18 @@ class Settings:
     pool_size: int = 10  # PostgreSQL connections per process, at most
     log_level: str = "info"
     log_format: str = "text"  # `text`, or `json`: every log line one JSON object
+    # Completion webhooks (docs/security.md): callbacks to private addresses are refused
+    # unless this is set; attempts time out after `webhook_timeout_seconds`; a failed one is
+    # retried after each of `webhook_retry_seconds` in turn (the last one repeating), with
+    # jitter, `webhook_max_attempts` attempts in all.
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 15.0
+    webhook_retry_seconds: tuple[float, ...] = (5.0, 60.0, 600.0, 3600.0, 21600.0, 86400.0)
+    webhook_max_attempts: int = 8
+    webhook_concurrency: int = 10  # attempts a process has in flight at once
+    webhook_poll_seconds: float = 1.0  # how often a process looks for due deliveries
+    # after a rotation the previous secret also signs for this long, so receivers can switch
+    webhook_secret_overlap_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -58,6 +70,10 @@ class Settings:
             "max_active_jobs",
             "rate_limit_per_minute",
             "pool_size",
+            "webhook_timeout_seconds",
+            "webhook_max_attempts",
+            "webhook_concurrency",
+            "webhook_poll_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -66,6 +82,8 @@ class Settings:
             raise ConfigError(
                 f"log_format must be {' or '.join(LOG_FORMATS)}, got {self.log_format!r}"
             )
+        if not self.webhook_retry_seconds or min(self.webhook_retry_seconds) < 0:
+            raise ConfigError("webhook_retry_seconds must be one or more delays of 0 s or more")
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {self.workers}")
         if backend_for(self.database_url) is None:
@@ -83,7 +101,9 @@ class Settings:
         env = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None:
+            if isinstance(value, tuple):
+                env[f"JOBLOT_{f.name.upper()}"] = ",".join(map(str, value))
+            elif value is not None:
                 env[f"JOBLOT_{f.name.upper()}"] = str(value)
         return env
 
@@ -94,11 +114,13 @@ def _convert(name: str, kind: Any, raw: str) -> Any:
         if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
             raise ConfigError(f"JOBLOT_{name.upper()}={raw!r} is not true or false")
         return raw.lower() in ("1", "true", "yes")
-    if kind in (int, float):
-        try:
+    try:
+        if kind in (int, float):
             return kind(raw)
-        except ValueError:
-            raise ConfigError(f"JOBLOT_{name.upper()}={raw!r} is not a number") from None
+        if typing.get_origin(kind) is tuple:  # a comma-separated list of numbers
+            return tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"JOBLOT_{name.upper()}={raw!r} is not a number") from None
     return raw
 
 

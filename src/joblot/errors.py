@@ -53,6 +53,12 @@ class TooManyItems(RecordInvalid):
     name = "TooManyItems"
 
 
+class NoCallbackUrl(RecordInvalid):
+    """The job has no `callback_url`, so there is nothing to deliver."""
+
+    name = "NoCallbackUrl"
+
+
 class RecordNotFound(JoblotError):
     """No such job (never existed, purged, or belongs to someone else)."""
 
@@ -77,6 +83,12 @@ class JobFinished(Conflict):
     """The job already finished, so it cannot be cancelled."""
 
     name = "JobFinished"
+
+
+class JobNotFinished(Conflict):
+    """The job is still queued or working, and the request needs it finished."""
+
+    name = "JobNotFinished"
 
 
 class IdempotencyKeyReused(Conflict):

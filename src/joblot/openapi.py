@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from joblot.egress import MAX_URL_LENGTH
 from joblot.models import MAX_JOB_TYPE_LENGTH, MAX_PAGE_SIZE, JobStatus
 
 JSON = "application/json"
@@ -72,6 +73,31 @@ def _job_stats() -> dict[str, Any]:
             "started_at": maybe_time,
             "updated_at": time,
             "finished_at": maybe_time,
+        },
+    }
+
+
+def _delivery() -> dict[str, Any]:
+    """A webhook delivery: its webhook-id, event type, state and attempts."""
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    attempt = {
+        "type": "object",
+        "required": ["at", "status_code", "error"],
+        "properties": {
+            "at": {"type": "string", "format": "date-time"},
+            "status_code": {"type": ["integer", "null"]},
+            "error": {"type": ["string", "null"]},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["id", "type", "state", "attempts", "next_attempt_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"type": "string", "enum": ["job.completed", "job.failed"]},
+            "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "attempts": {"type": "array", "items": attempt},
+            "next_attempt_at": nullable_time,
         },
     }
 
@@ -159,6 +185,11 @@ def _schemas() -> dict[str, Any]:
                 "links": links,
             },
         },
+        "DeliveryList": {
+            "type": "object",
+            "required": ["deliveries"],
+            "properties": {"deliveries": {"type": "array", "items": _delivery()}},
+        },
         "JobSubmission": {
             "type": "object",
             "required": ["job"],
@@ -175,6 +206,12 @@ def _schemas() -> dict[str, Any]:
                             "maxLength": MAX_JOB_TYPE_LENGTH,
                         },
                         "items": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                        "callback_url": {
+                            "type": ["string", "null"],
+                            "maxLength": MAX_URL_LENGTH,
+                            "description": "http(s) URL of a public host: a signed "
+                            "job.completed or job.failed event is POSTed there when the job ends",
+                        },
                     },
                 }
             },
@@ -270,6 +307,28 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json(envelope, "The cancelled job"),
                     **_errors(404, 409, 503),
+                },
+            }
+        },
+        "/api/v2/job_statuses/{id}/deliveries": {
+            "get": {
+                "operationId": "list_deliveries",
+                "summary": "The job's webhook deliveries and their attempts",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json(_ref("DeliveryList"), "The deliveries"),
+                    **_errors(404, 503),
+                },
+            }
+        },
+        "/api/v2/job_statuses/{id}/deliveries/redeliver": {
+            "post": {
+                "operationId": "redeliver",
+                "summary": "Send the job's webhook event again (a new round of attempts)",
+                "parameters": [_ID],
+                "responses": {
+                    "202": _json(_ref("DeliveryList"), "Queued; the deliveries"),
+                    **_errors(404, 409, 422, 503),
                 },
             }
         },

@@ -20,10 +20,12 @@ from joblot.api import create_app
 from joblot.app import App, load_app
 from joblot.auth import is_loopback, mint_token
 from joblot.config import Settings
+from joblot.delivery import Deliverer
 from joblot.errors import ConfigError, SchemaOutOfDate
 from joblot.maintenance import Maintenance
 from joblot.service import Service
 from joblot.store import Store, TokenRow, open_store
+from joblot.webhooks import new_secret
 from joblot.worker import Worker
 
 log = logging.getLogger("joblot.server")
@@ -61,6 +63,16 @@ async def create_token(settings: Settings, tenant: str) -> str:
         minted = mint_token()
         await store.create_token(minted.token_id, tenant, minted.digest, time.time())
         return minted.secret
+    finally:
+        await store.close()
+
+
+async def webhook_secret(settings: Settings, tenant: str, *, rotate: bool) -> str:
+    """The tenant's webhook signing secret, created on first use; `rotate` replaces it."""
+    store = await prepare_store(settings, migrate_if_empty=True)
+    try:
+        found = await store.webhook_secret(tenant, new_secret(), time.time(), rotate=rotate)
+        return found.secret
     finally:
         await store.close()
 
@@ -248,8 +260,9 @@ def serve(settings: Settings) -> None:
     # The API process takes its turn at the cluster-wide chores too, so a deployment
     # without workers still purges expired jobs.
     maintenance = Maintenance(service)
+    deliverer = Deliverer(service)  # so that a deployment without workers delivers too
     config = uvicorn.Config(
-        create_app(service, on_close=on_close, background=[maintenance.run]),
+        create_app(service, on_close=on_close, background=[maintenance.run, deliverer.run]),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -14,7 +15,10 @@ import orjson
 from joblot import codec
 from joblot.app import App, JobType
 from joblot.config import Settings
+from joblot.egress import RESOLVE_SECONDS, UnsafeDestination, check_callback_url, check_syntax
 from joblot.errors import (
+    JobNotFinished,
+    NoCallbackUrl,
     RecordInvalid,
     RecordNotFound,
     TooManyItems,
@@ -24,7 +28,10 @@ from joblot.logs import job_event
 from joblot.models import MAX_JOB_TYPE_LENGTH, new_job_id
 from joblot.store import (
     ANY_JOB,
+    AttemptOutcome,
     Claim,
+    DeliveryRow,
+    DueDelivery,
     FinishedItem,
     FinishOutcome,
     JobFilter,
@@ -34,12 +41,14 @@ from joblot.store import (
     NewJob,
     Page,
     Store,
+    WebhookSecret,
 )
+from joblot.webhooks import new_secret
 
 log = logging.getLogger("joblot.service")
 
 MAX_ITEM_ID_LENGTH = 1000
-JOB_KEYS = frozenset({"job_type", "items"})
+JOB_KEYS = frozenset({"job_type", "items", "callback_url"})
 
 
 def parse_submission(doc: Any, app: App, max_items: int) -> tuple[JobType, list[dict[str, Any]]]:
@@ -74,7 +83,7 @@ def _job_object(doc: Any) -> dict[str, Any]:
     if unknown:
         raise RecordInvalid(
             f"unknown field(s) in job: {', '.join(map(repr, unknown))}; "
-            'a job has only "job_type" and "items"'
+            'a job has only "job_type", "items" and "callback_url"'
         )
     return job
 
@@ -119,9 +128,24 @@ def encode_items(items: list[dict[str, Any]]) -> list[bytes]:
     return payloads
 
 
-def request_hash(job_type: str, items: list[dict[str, Any]]) -> str:
+def callback_url(doc: Any) -> str | None:
+    """The `callback_url` of a submission (already parsed), its syntax checked; the address
+    it resolves to is checked by `egress.check_callback_url` when the job is submitted."""
+    url = doc["job"].get("callback_url")
+    if url is None:
+        return None
+    try:
+        check_syntax(url)
+    except UnsafeDestination as exc:
+        raise RecordInvalid(f'"callback_url" is refused: {exc}') from None
+    return str(url)
+
+
+def request_hash(job_type: str, items: list[dict[str, Any]], callback: str | None = None) -> str:
     """A digest of what was asked, to tell an idempotent retry from a reused key."""
     digest = hashlib.sha256(job_type.encode())
+    if callback is not None:
+        digest.update(b"\ncallback_url " + callback.encode())
     for item in items:  # one item at a time: no deeper than the stored payloads
         digest.update(b"\n" + orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
     return digest.hexdigest()
@@ -136,10 +160,15 @@ def build_job(
     *,
     idempotency_key: str | None = None,
     max_active_jobs: int | None = None,
+    public_url: str | None = None,
 ) -> NewJob:
-    """The job a `{"job": {...}}` submission describes, validated and encoded, ready to store."""
+    """The job a `{"job": {...}}` submission describes, validated and encoded, ready to store.
+    `public_url` is the base of the JobStatus `url` its completion event will carry."""
     job_type, items = parse_submission(doc, app, max_items)
-    digest = request_hash(job_type.name, items) if idempotency_key is not None else None
+    callback = callback_url(doc)
+    digest = None
+    if idempotency_key is not None:
+        digest = request_hash(job_type.name, items, callback)
     return NewJob(
         id=new_job_id(now),
         tenant=tenant,
@@ -151,6 +180,8 @@ def build_job(
         idempotency_key=idempotency_key,
         request_hash=digest,
         max_active_jobs=max_active_jobs,
+        callback_url=callback,
+        public_url=public_url if callback is not None else None,
     )
 
 
@@ -173,17 +204,29 @@ class Service:
         self.app = app
         self.settings = settings
         self.clock = clock
+        # Set when this process finished or stopped a job: its webhook event may be due now.
+        self.deliveries_due = asyncio.Event()
 
     # -- clients ----------------------------------------------------------------------------
 
     async def submit_job(
-        self, tenant: str, doc: Any, idempotency_key: str | None = None
+        self,
+        tenant: str,
+        doc: Any,
+        idempotency_key: str | None = None,
+        *,
+        public_url: str | None = None,
     ) -> tuple[JobRow, bool]:
-        """Validate and store a job; a retry with the same key returns the same job."""
+        """Validate and store a job; a retry with the same key returns the same job.
+        `public_url` is the base of JobStatus urls (that its completion event carries)."""
+        build = functools.partial(self._build, tenant, doc, idempotency_key, public_url)
         if _item_count(doc) > OFFLOAD_ITEMS:  # keep the event loop answering other requests
-            job = await asyncio.to_thread(self._build, tenant, doc, idempotency_key)
+            job = await asyncio.to_thread(build)
         else:
-            job = self._build(tenant, doc, idempotency_key)
+            job = build()
+        if job.callback_url is not None:
+            allow = self.settings.webhook_allow_private
+            await check_callback_url(job.callback_url, allow_private=allow)
         row, created = await self.store.submit_job(job)
         if not created:  # a replay answers with the job as it is now
             return await self.get_job(tenant, row.id), created
@@ -198,7 +241,9 @@ class Service:
         )
         return row, created
 
-    def _build(self, tenant: str, doc: Any, idempotency_key: str | None) -> NewJob:
+    def _build(
+        self, tenant: str, doc: Any, idempotency_key: str | None, public_url: str | None
+    ) -> NewJob:
         return build_job(
             self.app,
             tenant,
@@ -207,6 +252,7 @@ class Service:
             self.clock(),
             idempotency_key=idempotency_key,
             max_active_jobs=self.settings.max_active_jobs,
+            public_url=public_url or self.settings.public_url,
         )
 
     async def get_job(self, tenant: str, job_id: str) -> JobRow:
@@ -272,6 +318,7 @@ class Service:
         )
         if not stopped:
             raise RecordNotFound.for_job(job_id)
+        self.deliveries_due.set()
         row = await self.get_job(tenant, job_id)
         job_event(
             log,
@@ -283,6 +330,35 @@ class Service:
             progress=row.progress,
         )
         return row
+
+    async def list_deliveries(self, tenant: str, job_id: str) -> list[DeliveryRow]:
+        """A job's webhook deliveries with every attempt, or RecordNotFound."""
+        rows = await self.store.list_deliveries(tenant, job_id, self.clock())
+        if rows is None:
+            raise RecordNotFound.for_job(job_id)
+        return rows
+
+    async def redeliver(self, tenant: str, job_id: str) -> list[DeliveryRow]:
+        """Queue a new round of attempts of a finished job's webhook event, due now."""
+        queued = await self.store.redeliver(tenant, job_id, self.clock())
+        if queued is None:
+            raise RecordNotFound.for_job(job_id)
+        if queued == 0:
+            row = await self.get_job(tenant, job_id)
+            if not row.status.finished:
+                raise JobNotFinished(
+                    f"job {job_id} is still {row.status.value}; its event is sent when it "
+                    "finishes, and can be sent again after that"
+                )
+            raise NoCallbackUrl(
+                f"job {job_id} was submitted without a callback_url, so it has no deliveries"
+            )
+        self.deliveries_due.set()
+        return await self.list_deliveries(tenant, job_id)
+
+    async def webhook_secret(self, tenant: str, *, rotate: bool = False) -> WebhookSecret:
+        """The tenant's webhook signing secret, created on first use; `rotate` replaces it."""
+        return await self.store.webhook_secret(tenant, new_secret(), self.clock(), rotate=rotate)
 
     async def find_token(self, digest: str) -> tuple[str, str] | None:
         """(token id, tenant) of the live token with this digest."""
@@ -336,7 +412,7 @@ class Service:
         """Record results under a lease; refused if the lease lapsed. With `abort`, a handler
         stopped the whole job: it fails with that message in the same transaction. Messages
         are made storable first (no NUL, no lone surrogate: see `joblot.codec`)."""
-        return await self.store.finish_items(
+        outcome = await self.store.finish_items(
             lease_id,
             items,
             message=None if message is None else codec.storable_text(message),
@@ -345,6 +421,25 @@ class Service:
             retention=self.settings.retention_seconds,
             abort=None if abort is None else codec.storable_text(abort),
         )
+        if outcome.status is not None and outcome.status.finished:
+            self.deliveries_due.set()  # its webhook event may be waiting: send it now
+        return outcome
+
+    async def claim_deliveries(self, limit: int) -> list[DueDelivery]:
+        """Lease due webhook deliveries for one attempt each; the lease outlasts an attempt."""
+        return await self.store.claim_deliveries(
+            limit=limit,
+            now=self.clock(),
+            lease_seconds=2 * self.settings.webhook_timeout_seconds + RESOLVE_SECONDS,
+        )
+
+    async def keep_delivery_body(self, delivery_id: str, body: bytes) -> bytes:
+        """The event a delivery sends: `body`, unless an earlier attempt stored one."""
+        return await self.store.keep_delivery_body(delivery_id, body)
+
+    async def finish_delivery(self, outcome: AttemptOutcome) -> bool:
+        """Record an attempt's outcome; False if the delivery's lease was lost meanwhile."""
+        return await self.store.finish_delivery(outcome, self.clock())
 
     async def renew_leases(self, lease_ids: list[int]) -> set[int]:
         """Extend held leases by one lease length; return those still held."""
@@ -361,9 +456,12 @@ class Service:
 
     async def requeue_expired(self) -> int:
         """Return items of dead workers to the queue."""
-        return await self.store.requeue_expired(
+        count = await self.store.requeue_expired(
             self.clock(), self.settings.max_attempts, self.settings.retention_seconds
         )
+        if count:
+            self.deliveries_due.set()  # items that ran out of attempts may have ended a job
+        return count
 
     async def wait_for_work(self, timeout: float) -> None:
         """Sleep until new work may be there (woken early where the backend can notify)."""

@@ -23,6 +23,7 @@ from typing import Any
 from joblot import codec
 from joblot.app import App, Context, JobAborted
 from joblot.batch import Batch, ItemTimedOut, Runner, failure, ident_of
+from joblot.delivery import Deliverer
 from joblot.errors import JoblotError
 from joblot.logs import job_event
 from joblot.maintenance import Maintenance
@@ -74,6 +75,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._every(self.settings.lease_seconds / 3, self._renew_leases)),
             asyncio.create_task(Maintenance(self.service).run()),
+            asyncio.create_task(Deliverer(self.service).run()),  # beside items, never in their way
         ]
         running: set[asyncio.Task[None]] = set()
         try:

@@ -215,6 +215,8 @@ async def test_openapi_describes_every_endpoint(tmp_path: Path) -> None:
             "/api/v2/job_statuses/{id}/results",
             "/api/v2/job_statuses/{id}/cancel",
             "/api/v2/job_statuses/{id}/events",
+            "/api/v2/job_statuses/{id}/deliveries",
+            "/api/v2/job_statuses/{id}/deliveries/redeliver",
         }
         assert doc["components"]["schemas"]["JobStatus"]["required"] == KEYS
 

@@ -16,7 +16,9 @@ def test_public_names_are_pinned_and_sorted() -> None:
         "JobStats",
         "JobStatus",
         "Status",
+        "WebhookVerificationError",
         "__version__",
+        "verify_webhook",
     ]
     assert joblot.__all__ == sorted(joblot.__all__)
     for name in joblot.__all__:

@@ -35,6 +35,8 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     max_active_jobs: int | None = None  # refuse with TooManyJobs past this many unfinished
+    callback_url: str | None = None  # where its completion event goes, checked by the caller
+    public_url: str | None = None  # base of the JobStatus `url` that event carries
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,66 @@ class MetricCounts:
 
 
 @dataclass(frozen=True)
+class DueDelivery:
+    """A webhook delivery claimed for one attempt; `lease_token` fences its outcome."""
+
+    id: str  # the webhook-id, the same on every attempt
+    job_id: str
+    tenant: str
+    job_type: str
+    url: str
+    type: str  # job.completed or job.failed
+    public_url: str | None
+    created_at: float  # when the job finished
+    attempt: int  # this attempt's number, 1-based, across every round
+    round_attempt: int  # its number within the round (a redeliver starts a new round)
+    lease_token: int
+    body: bytes | None  # the event as first sent; None before the first attempt
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """How one delivery attempt ended, and what happens to the delivery next."""
+
+    delivery_id: str
+    attempt: int
+    lease_token: int
+    status_code: int | None
+    error: str | None
+    state: str  # pending (retry at next_attempt_at), delivered or failed
+    next_attempt_at: float | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One attempt as listed: both None while it runs."""
+
+    at: float
+    status_code: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """A delivery as listed at `GET .../deliveries`."""
+
+    id: str
+    type: str
+    state: str
+    next_attempt_at: float | None
+    attempts: list[AttemptRow]
+
+
+@dataclass(frozen=True)
+class WebhookSecret:
+    """A tenant's signing secret, and the one it replaced (still used for a while)."""
+
+    secret: str
+    previous: str | None
+    rotated_at: float | None
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a keyset-paginated listing."""
 
@@ -280,6 +342,34 @@ class Store(Protocol):
     async def try_lead(self, chore: str, holder: str, now: float, until: float) -> bool:
         """Take or keep the lead of a cluster-wide chore until `until`; False if another
         holder's lead has not lapsed yet."""
+
+    async def claim_deliveries(
+        self, *, limit: int, now: float, lease_seconds: float
+    ) -> list[DueDelivery]:
+        """Lease up to `limit` due webhook deliveries for one attempt each, recording the
+        attempt as started; a delivery leased by another process is never handed out."""
+
+    async def keep_delivery_body(self, delivery_id: str, body: bytes) -> bytes:
+        """Store the event a delivery sends unless one is stored; return the stored one."""
+
+    async def finish_delivery(self, outcome: AttemptOutcome, now: float) -> bool:
+        """Record an attempt's answer and, if its lease is still held, the delivery's next
+        state; False when the lease was lost (the answer is recorded all the same)."""
+
+    async def list_deliveries(
+        self, tenant: str, job_id: str, now: float
+    ) -> list[DeliveryRow] | None:
+        """A job's deliveries with their attempts; None if there is no such job."""
+
+    async def redeliver(self, tenant: str, job_id: str, now: float) -> int | None:
+        """Queue a new round of attempts of a job's deliveries, due now; how many there
+        are, or None if there is no such job."""
+
+    async def webhook_secret(
+        self, tenant: str, candidate: str, now: float, *, rotate: bool
+    ) -> WebhookSecret:
+        """The tenant's signing secret, `candidate` becoming it if there is none yet (or,
+        with `rotate`, replacing it)."""
 
     async def create_token(self, token_id: str, tenant: str, digest: str, now: float) -> None:
         """Store a new token's digest."""

@@ -12,8 +12,13 @@ from joblot.models import (
     Status,
     check_transition,
     failure_entry,
+    new_job_id,
 )
 from joblot.store import (
+    AttemptOutcome,
+    AttemptRow,
+    DeliveryRow,
+    DueDelivery,
     FinishedItem,
     JobCounts,
     JobFilter,
@@ -92,6 +97,8 @@ def job_params(job: NewJob) -> dict[str, Any]:
         "request_hash": job.request_hash,
         "created_at": job.created_at,
         "list_key": unfinished_list_key(job.created_at, job.id),
+        "callback_url": job.callback_url,
+        "public_url": job.public_url,
     }
 
 
@@ -191,6 +198,74 @@ def state_params(
         "retention": retention,
         "finished_prefix": finished_prefix(now),
     }
+
+
+# -- webhook deliveries -------------------------------------------------------------------------
+
+# What an attempt says when the process sending it stopped before it got an answer.
+LOST_ATTEMPT = "no answer recorded: the process sending this attempt stopped; sent again"
+
+
+def enqueue_params(job_id: str, new: JobState, now: float) -> dict[str, Any]:
+    """The parameters of `deliveries.enqueue`: the event of a job that just finished, with
+    its webhook-id (`msg_` and a time-ordered id)."""
+    kind = "job.completed" if new.status is Status.COMPLETED else "job.failed"
+    return {"id": job_id, "delivery_id": f"msg_{new_job_id(now)}", "type": kind, "now": now}
+
+
+def due_delivery(row: tuple[Any, ...]) -> DueDelivery:
+    """A DueDelivery from the columns `deliveries.claim` returns."""
+    id_, job_id, tenant, job_type, url, kind, public_url, created_at = row[:8]
+    attempts, round_start, lease_token, body = row[8:]
+    return DueDelivery(
+        id=id_,
+        job_id=job_id,
+        tenant=tenant,
+        job_type=job_type,
+        url=url,
+        type=kind,
+        public_url=public_url,
+        created_at=created_at,
+        attempt=attempts,
+        round_attempt=attempts - round_start,
+        lease_token=lease_token,
+        body=None if body is None else bytes(body),
+    )
+
+
+# How an attempt ended, as `joblot_webhook_deliveries_total{outcome}` counts it.
+ATTEMPT_OUTCOMES = {"delivered": "success", "pending": "failure", "failed": "given_up"}
+
+
+def attempt_total(outcome: AttemptOutcome) -> MetricTotal:
+    """The metric_totals row that counts one attempt, by how it ended."""
+    return MetricTotal("webhook_deliveries", "", ATTEMPT_OUTCOMES[outcome.state], 1.0)
+
+
+def outcome_params(outcome: AttemptOutcome, now: float) -> dict[str, Any]:
+    """The parameters of `deliveries.finish_attempt` and `deliveries.finish`."""
+    return {
+        "id": outcome.delivery_id,
+        "n": outcome.attempt,
+        "lease_token": outcome.lease_token,
+        "status_code": outcome.status_code,
+        "error": outcome.error,
+        "state": outcome.state,
+        "next_attempt_at": outcome.next_attempt_at,
+        "now": now,
+    }
+
+
+def delivery_rows(deliveries: list[Any], attempts: list[Any]) -> list[DeliveryRow]:
+    """Deliveries (`id, type, state, next_attempt_at`) with their attempts
+    (`delivery_id, at, status_code, error`, in order)."""
+    by_delivery: dict[str, list[AttemptRow]] = {}
+    for delivery_id, at, status_code, error in attempts:
+        by_delivery.setdefault(delivery_id, []).append(AttemptRow(at, status_code, error))
+    return [
+        DeliveryRow(id=i, type=t, state=s, next_attempt_at=n, attempts=by_delivery.get(i, []))
+        for i, t, s, n in deliveries
+    ]
 
 
 def worker_lost(index: int, payload: bytes, action: str | None, attempts: int) -> FinishedItem:

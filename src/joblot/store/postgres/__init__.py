@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from joblot.store import (
     ANY_JOB,
+    AttemptOutcome,
     Claim,
+    DeliveryRow,
+    DueDelivery,
     FinishedItem,
     FinishOutcome,
     JobFilter,
@@ -18,8 +21,9 @@ from joblot.store import (
     NewJob,
     Page,
     TokenRow,
+    WebhookSecret,
 )
-from joblot.store.postgres import clients, connection, maintenance, work
+from joblot.store.postgres import clients, connection, maintenance, webhooks, work
 from joblot.store.postgres.connection import SQL, WAIT_SECONDS, Pool
 from joblot.store.postgres.notify import WorkListener
 
@@ -236,3 +240,43 @@ class PostgresStore:
         """Take or keep the lead of a chore; one process of the cluster holds it at a time."""
         async with self._pool.connection() as conn:
             return await maintenance.try_lead(conn, chore, holder, now, until)
+
+    # -- webhook deliveries -------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, *, limit: int, now: float, lease_seconds: float
+    ) -> list[DueDelivery]:
+        """Lease due deliveries for one attempt each, with SKIP LOCKED."""
+        async with self._pool.connection() as conn:
+            return await webhooks.claim_deliveries(
+                conn, limit=limit, now=now, lease_seconds=lease_seconds
+            )
+
+    async def keep_delivery_body(self, delivery_id: str, body: bytes) -> bytes:
+        """Store the event a delivery sends unless one is stored; return the stored one."""
+        async with self._pool.connection() as conn:
+            return await webhooks.keep_delivery_body(conn, delivery_id, body)
+
+    async def finish_delivery(self, outcome: AttemptOutcome, now: float) -> bool:
+        """Record an attempt's answer; move the delivery on if its lease is still held."""
+        async with self._pool.connection() as conn:
+            return await webhooks.finish_delivery(conn, outcome, now)
+
+    async def list_deliveries(
+        self, tenant: str, job_id: str, now: float
+    ) -> list[DeliveryRow] | None:
+        """A job's deliveries with their attempts; None if there is no such job."""
+        async with self._pool.connection() as conn:
+            return await webhooks.list_deliveries(conn, tenant, job_id, now)
+
+    async def redeliver(self, tenant: str, job_id: str, now: float) -> int | None:
+        """Queue a new round of a job's deliveries, due now; None if there is no such job."""
+        async with self._pool.connection() as conn:
+            return await webhooks.redeliver(conn, tenant, job_id, now)
+
+    async def webhook_secret(
+        self, tenant: str, candidate: str, now: float, *, rotate: bool
+    ) -> WebhookSecret:
+        """The tenant's signing secret, created on first use (or rotated)."""
+        async with self._pool.connection() as conn:
+            return await webhooks.webhook_secret(conn, tenant, candidate, now, rotate=rotate)

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from joblot.errors import ConfigError, Unavailable
 from joblot.models import JobState
-from joblot.store.common import state_from_row, state_params
+from joblot.store.common import enqueue_params, state_from_row, state_params
 from joblot.store.sql import load_migrations, queries
 
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -68,9 +68,12 @@ async def save_state(
     retention: float,
     claimed_at: float | None = None,
 ) -> None:
-    """Write back what the lifecycle rules decided; bump the version if anyone can see it."""
+    """Write back what the lifecycle rules decided; bump the version if anyone can see it;
+    queue the webhook event of a job that finishes here."""
     params = state_params(job_id, old, new, now=now, retention=retention, claimed_at=claimed_at)
     await rowcount(conn, "job_state.save", params)
+    if params["finished"]:  # the outbox: its webhook event commits with the final status
+        await rowcount(conn, "deliveries.enqueue", enqueue_params(job_id, new, now))
 
 
 def conninfo(url: str) -> str:

@@ -39,6 +39,8 @@ async def purge_job(conn: Conn, job_id: str) -> None:
             continue
     async with conn.transaction():  # the job and what it counted go together
         counted = await fetch_one(conn, "purge_expired.counts", {"id": job_id})
+        await rowcount(conn, "purge_expired.delivery_attempts", {"id": job_id})
+        await rowcount(conn, "purge_expired.deliveries", {"id": job_id})
         await rowcount(conn, "purge_expired.leases", {"id": job_id})
         if counted is not None:
             for total in purged_totals(counted):

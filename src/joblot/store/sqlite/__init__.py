@@ -10,7 +10,10 @@ import asyncio
 
 from joblot.store import (
     ANY_JOB,
+    AttemptOutcome,
     Claim,
+    DeliveryRow,
+    DueDelivery,
     FinishedItem,
     FinishOutcome,
     JobFilter,
@@ -20,8 +23,9 @@ from joblot.store import (
     NewJob,
     Page,
     TokenRow,
+    WebhookSecret,
 )
-from joblot.store.sqlite import clients, connection, maintenance, work
+from joblot.store.sqlite import clients, connection, maintenance, webhooks, work
 
 
 class SQLiteStore:
@@ -205,3 +209,37 @@ class SQLiteStore:
     async def try_lead(self, chore: str, holder: str, now: float, until: float) -> bool:
         """Take or keep the lead of a chore; one process per file holds it at a time."""
         return await self._db.write(maintenance.try_lead, chore, holder, now, until)
+
+    # -- webhook deliveries -------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, *, limit: int, now: float, lease_seconds: float
+    ) -> list[DueDelivery]:
+        """Lease due deliveries for one attempt each."""
+        return await self._db.write(
+            webhooks.claim_deliveries, limit=limit, now=now, lease_seconds=lease_seconds
+        )
+
+    async def keep_delivery_body(self, delivery_id: str, body: bytes) -> bytes:
+        """Store the event a delivery sends unless one is stored; return the stored one."""
+        return await self._db.write(webhooks.keep_delivery_body, delivery_id, body)
+
+    async def finish_delivery(self, outcome: AttemptOutcome, now: float) -> bool:
+        """Record an attempt's answer; move the delivery on if its lease is still held."""
+        return await self._db.write(webhooks.finish_delivery, outcome, now)
+
+    async def list_deliveries(
+        self, tenant: str, job_id: str, now: float
+    ) -> list[DeliveryRow] | None:
+        """A job's deliveries with their attempts; None if there is no such job."""
+        return await self._db.read(webhooks.list_deliveries, tenant, job_id, now)
+
+    async def redeliver(self, tenant: str, job_id: str, now: float) -> int | None:
+        """Queue a new round of a job's deliveries, due now; None if there is no such job."""
+        return await self._db.write(webhooks.redeliver, tenant, job_id, now)
+
+    async def webhook_secret(
+        self, tenant: str, candidate: str, now: float, *, rotate: bool
+    ) -> WebhookSecret:
+        """The tenant's signing secret, created on first use (or rotated)."""
+        return await self._db.write(webhooks.webhook_secret, tenant, candidate, now, rotate=rotate)

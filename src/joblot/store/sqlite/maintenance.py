@@ -46,6 +46,8 @@ def purge_job(conn: Conn, job_id: str) -> None:
                 break
     with in_transaction(conn):
         counted = fetch_one(conn, "purge_expired.counts", {"id": job_id})
+        rowcount(conn, "purge_expired.delivery_attempts", {"id": job_id})
+        rowcount(conn, "purge_expired.deliveries", {"id": job_id})
         rowcount(conn, "purge_expired.leases", {"id": job_id})
         if counted is not None:  # what it counted stays counted
             totals = purged_totals(counted)

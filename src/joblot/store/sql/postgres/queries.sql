@@ -51,10 +51,11 @@ SELECT count(*) FROM jobs WHERE tenant = %(tenant)s AND list_key < '1';
 -- once. ON CONFLICT waits for the other insert to commit and then returns no row, so the
 -- caller looks up the winner's job instead of failing on the unique index.
 INSERT INTO jobs (id, tenant, job_type, action, status, total, pending, max_failures,
-                  idempotency_key, request_hash, created_at, updated_at, list_key)
+                  idempotency_key, request_hash, created_at, updated_at, list_key, callback_url,
+                  public_url)
 VALUES (%(id)s, %(tenant)s, %(job_type)s, %(action)s, 'queued', %(total)s, %(total)s,
         %(max_failures)s, %(idempotency_key)s, %(request_hash)s, %(created_at)s, %(created_at)s,
-        %(list_key)s)
+        %(list_key)s, %(callback_url)s, %(public_url)s)
 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
 
@@ -327,7 +328,10 @@ UPDATE items SET attempts = attempts - 1 WHERE lease_id = %(lease_id)s AND state
 SELECT action FROM jobs WHERE id = %(id)s;
 
 -- name: purge_expired.jobs
-SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= %(now)s LIMIT 100;
+-- A job whose event was never sent yet stays until it is: the event is built from it.
+SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= %(now)s
+  AND NOT EXISTS (SELECT 1 FROM deliveries WHERE job_id = jobs.id AND body IS NULL)
+LIMIT 100;
 
 -- name: purge_expired.items
 -- Bounded deletes keep each transaction short even for a job of a million items.
@@ -416,3 +420,109 @@ SELECT count(*) FROM leases WHERE expires_at >= %(now)s;
 
 -- name: metric_counts.totals
 SELECT name, job_type, label, value FROM metric_totals;
+
+-- name: purge_expired.delivery_attempts
+-- Deliveries that are no longer being sent go with their job; pending ones finish first.
+DELETE FROM delivery_attempts WHERE delivery_id IN (
+    SELECT id FROM deliveries WHERE job_id = %(id)s AND state <> 'pending'
+);
+
+-- name: purge_expired.deliveries
+DELETE FROM deliveries WHERE job_id = %(id)s AND state <> 'pending';
+
+-- name: deliveries.enqueue
+-- The outbox: run in the transaction that writes a job's final status (save_state), so a
+-- finished job with a callback_url always has its event queued, due at once.
+INSERT INTO deliveries (id, job_id, tenant, job_type, url, type, public_url, created_at,
+                        next_attempt_at)
+SELECT %(delivery_id)s, id, tenant, job_type, callback_url, %(type)s, public_url, %(now)s, %(now)s
+FROM jobs WHERE id = %(id)s AND callback_url IS NOT NULL;
+
+-- name: deliveries.any_due
+-- The cheap read first: a process with nothing to send opens no write transaction.
+SELECT EXISTS (
+    SELECT 1 FROM deliveries
+    WHERE state = 'pending' AND next_attempt_at <= %(now)s AND leased_until < %(now)s
+);
+
+-- name: deliveries.claim
+-- Differs by necessity from SQLite: processes on many nodes claim at once, so due rows are
+-- taken with SKIP LOCKED; a row another process just leased fails `leased_until` when
+-- re-checked, so one attempt is never handed to two processes.
+WITH due AS (
+    SELECT id FROM deliveries
+    WHERE state = 'pending' AND next_attempt_at <= %(now)s AND leased_until < %(now)s
+    ORDER BY next_attempt_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries d SET attempts = d.attempts + 1, lease_token = d.lease_token + 1,
+                        leased_until = %(until)s
+FROM due WHERE d.id = due.id
+RETURNING d.id, d.job_id, d.tenant, d.job_type, d.url, d.type, d.public_url, d.created_at,
+          d.attempts, d.round_start, d.lease_token, d.body;
+
+-- name: deliveries.mark_lost
+-- An earlier attempt still without an answer was cut off when its process stopped.
+-- Differs from SQLite's one statement per delivery: the claimed batch as an array.
+UPDATE delivery_attempts SET error = %(lost)s
+WHERE delivery_id = ANY(%(ids)s::text[]) AND status_code IS NULL AND error IS NULL;
+
+-- name: deliveries.insert_attempt
+-- Differs from SQLite's one statement per delivery: the claimed batch as arrays.
+INSERT INTO delivery_attempts (delivery_id, n, at)
+SELECT a.id, a.n, %(now)s FROM unnest(%(ids)s::text[], %(ns)s::integer[]) AS a (id, n);
+
+-- name: deliveries.keep_body
+-- The event is built once, at the first attempt; every later attempt sends the same bytes.
+UPDATE deliveries SET body = coalesce(body, %(body)s) WHERE id = %(id)s RETURNING body;
+
+-- name: deliveries.finish_attempt
+-- The receiver's answer is recorded even when the lease was lost meanwhile: it was sent.
+UPDATE delivery_attempts SET status_code = %(status_code)s, error = %(error)s
+WHERE delivery_id = %(id)s AND n = %(n)s;
+
+-- name: deliveries.finish
+-- The fencing check: only the holder of the current lease decides what happens next.
+UPDATE deliveries SET state = %(state)s, next_attempt_at = %(next_attempt_at)s, leased_until = 0
+WHERE id = %(id)s AND lease_token = %(lease_token)s;
+
+-- name: deliveries.drop_orphan_attempts
+-- A delivery that outlived its job (purged while it was still being sent) goes once it ends.
+DELETE FROM delivery_attempts WHERE delivery_id = %(id)s AND EXISTS (
+    SELECT 1 FROM deliveries d WHERE d.id = %(id)s AND d.state <> 'pending'
+      AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = d.job_id)
+);
+
+-- name: deliveries.drop_orphan
+DELETE FROM deliveries WHERE id = %(id)s AND state <> 'pending'
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = deliveries.job_id);
+
+-- name: deliveries.list
+SELECT id, type, state, next_attempt_at FROM deliveries
+WHERE job_id = %(job_id)s AND tenant = %(tenant)s ORDER BY id;
+
+-- name: deliveries.list_attempts
+SELECT a.delivery_id, a.at, a.status_code, a.error
+FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+WHERE d.job_id = %(job_id)s AND d.tenant = %(tenant)s
+ORDER BY a.delivery_id, a.n;
+
+-- name: deliveries.redeliver
+-- A new round of attempts, due now. The lease token moves on, so an attempt still running
+-- records its answer but no longer decides the delivery's state.
+UPDATE deliveries SET state = 'pending', next_attempt_at = %(now)s, round_start = attempts,
+                      lease_token = lease_token + 1, leased_until = 0
+WHERE job_id = %(job_id)s AND tenant = %(tenant)s;
+
+-- name: webhook_secrets.create
+-- Created on first use; two processes creating one at once meet on the primary key.
+INSERT INTO webhook_secrets (tenant, secret, created_at) VALUES (%(tenant)s, %(secret)s, %(now)s)
+ON CONFLICT (tenant) DO NOTHING;
+
+-- name: webhook_secrets.rotate
+INSERT INTO webhook_secrets (tenant, secret, created_at) VALUES (%(tenant)s, %(secret)s, %(now)s)
+ON CONFLICT (tenant) DO UPDATE
+SET previous = webhook_secrets.secret, secret = excluded.secret, rotated_at = %(now)s;
+
+-- name: webhook_secrets.select
+SELECT secret, previous, rotated_at FROM webhook_secrets WHERE tenant = %(tenant)s;

@@ -24,9 +24,11 @@ WHERE tenant = :tenant AND idempotency_key = :key;
 
 -- name: submit_job.insert_job
 INSERT INTO jobs (id, tenant, job_type, action, status, total, pending, max_failures,
-                  idempotency_key, request_hash, created_at, updated_at, list_key)
+                  idempotency_key, request_hash, created_at, updated_at, list_key, callback_url,
+                  public_url)
 VALUES (:id, :tenant, :job_type, :action, 'queued', :total, :total, :max_failures,
-        :idempotency_key, :request_hash, :created_at, :created_at, :list_key);
+        :idempotency_key, :request_hash, :created_at, :created_at, :list_key, :callback_url,
+        :public_url);
 
 -- name: submit_job.insert_item
 INSERT INTO items (job_id, idx, payload) VALUES (?, ?, ?);
@@ -184,7 +186,10 @@ UPDATE items SET attempts = attempts - 1 WHERE lease_id = :lease_id AND state = 
 SELECT action FROM jobs WHERE id = :id;
 
 -- name: purge_expired.jobs
-SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= :now LIMIT 100;
+-- A job whose event was never sent yet stays until it is: the event is built from it.
+SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= :now
+  AND NOT EXISTS (SELECT 1 FROM deliveries WHERE job_id = jobs.id AND body IS NULL)
+LIMIT 100;
 
 -- name: purge_expired.items
 -- Bounded deletes keep each write transaction short even for a job of a million items.
@@ -275,3 +280,102 @@ SELECT count(*) FROM leases WHERE expires_at >= :now;
 
 -- name: metric_counts.totals
 SELECT name, job_type, label, value FROM metric_totals;
+
+-- name: purge_expired.delivery_attempts
+-- Deliveries that are no longer being sent go with their job; pending ones finish first.
+DELETE FROM delivery_attempts WHERE delivery_id IN (
+    SELECT id FROM deliveries WHERE job_id = :id AND state <> 'pending'
+);
+
+-- name: purge_expired.deliveries
+DELETE FROM deliveries WHERE job_id = :id AND state <> 'pending';
+
+-- name: deliveries.enqueue
+-- The outbox: run in the transaction that writes a job's final status (save_state), so a
+-- finished job with a callback_url always has its event queued, due at once.
+INSERT INTO deliveries (id, job_id, tenant, job_type, url, type, public_url, created_at,
+                        next_attempt_at)
+SELECT :delivery_id, id, tenant, job_type, callback_url, :type, public_url, :now, :now
+FROM jobs WHERE id = :id AND callback_url IS NOT NULL;
+
+-- name: deliveries.any_due
+-- The cheap read first: a process with nothing to send opens no write transaction.
+SELECT EXISTS (
+    SELECT 1 FROM deliveries
+    WHERE state = 'pending' AND next_attempt_at <= :now AND leased_until < :now
+);
+
+-- name: deliveries.claim
+-- Lease due deliveries for one attempt each; the write lock keeps two processes apart.
+UPDATE deliveries SET attempts = attempts + 1, lease_token = lease_token + 1,
+                      leased_until = :until
+WHERE id IN (
+    SELECT id FROM deliveries
+    WHERE state = 'pending' AND next_attempt_at <= :now AND leased_until < :now
+    ORDER BY next_attempt_at LIMIT :limit
+)
+RETURNING id, job_id, tenant, job_type, url, type, public_url, created_at, attempts,
+          round_start, lease_token, body;
+
+-- name: deliveries.mark_lost
+-- An earlier attempt still without an answer was cut off when its process stopped.
+UPDATE delivery_attempts SET error = :lost
+WHERE delivery_id = :id AND status_code IS NULL AND error IS NULL;
+
+-- name: deliveries.insert_attempt
+INSERT INTO delivery_attempts (delivery_id, n, at) VALUES (:id, :n, :now);
+
+-- name: deliveries.keep_body
+-- The event is built once, at the first attempt; every later attempt sends the same bytes.
+UPDATE deliveries SET body = coalesce(body, :body) WHERE id = :id RETURNING body;
+
+-- name: deliveries.finish_attempt
+-- The receiver's answer is recorded even when the lease was lost meanwhile: it was sent.
+UPDATE delivery_attempts SET status_code = :status_code, error = :error
+WHERE delivery_id = :id AND n = :n;
+
+-- name: deliveries.finish
+-- The fencing check: only the holder of the current lease decides what happens next.
+UPDATE deliveries SET state = :state, next_attempt_at = :next_attempt_at, leased_until = 0
+WHERE id = :id AND lease_token = :lease_token;
+
+-- name: deliveries.drop_orphan_attempts
+-- A delivery that outlived its job (purged while it was still being sent) goes once it ends.
+DELETE FROM delivery_attempts WHERE delivery_id = :id AND EXISTS (
+    SELECT 1 FROM deliveries d WHERE d.id = :id AND d.state <> 'pending'
+      AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = d.job_id)
+);
+
+-- name: deliveries.drop_orphan
+DELETE FROM deliveries WHERE id = :id AND state <> 'pending'
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = deliveries.job_id);
+
+-- name: deliveries.list
+SELECT id, type, state, next_attempt_at FROM deliveries
+WHERE job_id = :job_id AND tenant = :tenant ORDER BY id;
+
+-- name: deliveries.list_attempts
+SELECT a.delivery_id, a.at, a.status_code, a.error
+FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+WHERE d.job_id = :job_id AND d.tenant = :tenant
+ORDER BY a.delivery_id, a.n;
+
+-- name: deliveries.redeliver
+-- A new round of attempts, due now. The lease token moves on, so an attempt still running
+-- records its answer but no longer decides the delivery's state.
+UPDATE deliveries SET state = 'pending', next_attempt_at = :now, round_start = attempts,
+                      lease_token = lease_token + 1, leased_until = 0
+WHERE job_id = :job_id AND tenant = :tenant;
+
+-- name: webhook_secrets.create
+-- Created on first use; two processes creating one at once meet on the primary key.
+INSERT INTO webhook_secrets (tenant, secret, created_at) VALUES (:tenant, :secret, :now)
+ON CONFLICT (tenant) DO NOTHING;
+
+-- name: webhook_secrets.rotate
+INSERT INTO webhook_secrets (tenant, secret, created_at) VALUES (:tenant, :secret, :now)
+ON CONFLICT (tenant) DO UPDATE
+SET previous = webhook_secrets.secret, secret = excluded.secret, rotated_at = :now;
+
+-- name: webhook_secrets.select
+SELECT secret, previous, rotated_at FROM webhook_secrets WHERE tenant = :tenant;
