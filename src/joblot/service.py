@@ -15,7 +15,7 @@ import orjson
 from joblot import codec
 from joblot.app import App, JobType
 from joblot.config import Settings
-from joblot.egress import RESOLVE_SECONDS, UnsafeDestination, check_callback_url, check_syntax
+from joblot.egress import UnsafeDestination, check_callback_url, check_syntax
 from joblot.errors import (
     JobNotFinished,
     NoCallbackUrl,
@@ -430,7 +430,7 @@ class Service:
         return await self.store.claim_deliveries(
             limit=limit,
             now=self.clock(),
-            lease_seconds=2 * self.settings.webhook_timeout_seconds + RESOLVE_SECONDS,
+            lease_seconds=2 * self.settings.webhook_timeout_seconds,
         )
 
     async def keep_delivery_body(self, delivery_id: str, body: bytes) -> bytes:
