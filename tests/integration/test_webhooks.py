@@ -20,6 +20,7 @@ from joblot.api import create_app
 from joblot.auth import mint_token
 from joblot.delivery import Deliverer
 from joblot.service import Service
+from unit.test_egress import REFUSED_URLS
 
 from .harness import Harness, harness
 from .receiver import Received, Receiver, Reply
@@ -330,3 +331,18 @@ async def test_the_client_submits_a_callback_url_and_reads_deliveries(
             (again,) = await client.redeliver(status.id)
             assert again["state"] == "pending"
             await arrived(receiver, 2)
+
+
+async def test_a_submit_with_a_callback_to_a_non_public_address_is_refused_with_422(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as h:  # JOBLOT_WEBHOOK_ALLOW_PRIVATE not given
+        for name, url in REFUSED_URLS.items():
+            job = {"job_type": "demo.echo", "items": [{"id": 1}], "callback_url": url}
+            response = await h.http.post("/api/v2/jobs", json={"job": job})
+            assert response.status_code == 422, (name, response.text)
+            body = response.json()
+            assert body["error"] == "RecordInvalid", name
+            assert body["description"].startswith('"callback_url" is refused: '), name
+        listed = (await h.http.get("/api/v2/job_statuses")).json()["job_statuses"]
+        assert listed == []  # nothing refused was stored
