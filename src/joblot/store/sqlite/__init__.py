@@ -241,5 +241,10 @@ class SQLiteStore:
     async def webhook_secret(
         self, tenant: str, candidate: str, now: float, *, rotate: bool
     ) -> WebhookSecret:
-        """The tenant's signing secret, created on first use (or rotated)."""
+        """The tenant's signing secret, created on first use (or rotated). Read on a reader
+        thread: only a first use or a rotation waits for the writer."""
+        if not rotate:
+            found = await self._db.read(webhooks.find_secret, tenant)
+            if found is not None:
+                return found
         return await self._db.write(webhooks.webhook_secret, tenant, candidate, now, rotate=rotate)

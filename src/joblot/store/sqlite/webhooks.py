@@ -82,6 +82,12 @@ def redeliver(conn: Conn, tenant: str, job_id: str, now: float) -> int | None:
         )
 
 
+def find_secret(conn: Conn, tenant: str) -> WebhookSecret | None:
+    """The tenant's secret, if it has one."""
+    found = fetch_one(conn, "webhook_secrets.select", {"tenant": tenant})
+    return None if found is None else WebhookSecret(*found)
+
+
 def webhook_secret(
     conn: Conn, tenant: str, candidate: str, now: float, *, rotate: bool
 ) -> WebhookSecret:
