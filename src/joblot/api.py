@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlencode
 
 import orjson
 from starlette.applications import Starlette
@@ -19,7 +18,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from joblot import export
 from joblot.auth import Authenticator
+from joblot.bodies import (
+    JSONResponse,
+    error_response,
+    etag,
+    page_body,
+    render_delivery,
+    status_body,
+    statuses_body,
+)
 from joblot.dashboard import Dashboard
 from joblot.errors import (
     InvalidParameter,
@@ -30,44 +39,28 @@ from joblot.errors import (
 )
 from joblot.events import CHANGE_POLL_SECONDS, status_events
 from joblot.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware, exposition
-from joblot.models import API_PREFIX, MAX_SHOW_MANY, Status, rfc3339, status_url
+from joblot.models import API_PREFIX, MAX_SHOW_MANY, status_url
 from joblot.openapi import openapi_document
 from joblot.params import (
     INDEX,
     JOB_ID,
     LIST_KEY,
-    PageRequest,
     decode_cursor,
-    encode_cursor,
     job_filter,
     job_id_param,
     page_params,
     prefer_wait,
     read_json_body,
+    success_filter,
     tags,
 )
 from joblot.service import Service
-from joblot.store import DeliveryRow, JobRow, Page
+from joblot.store import JobRow, Page
 
 log = logging.getLogger("joblot.api")
 
 API = API_PREFIX
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-
-
-class JSONResponse(Response):
-    """A JSON response encoded with orjson (fast, and it keeps key order)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-def error_response(exc: JoblotError, headers: dict[str, str] | None = None) -> Response:
-    """The JSON body every error has: `{"error": name, "description": text}`."""
-    body = {"error": exc.name, "description": exc.description}
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -79,108 +72,17 @@ def base_url(request: Request, service: Service) -> str:
     return (configured or str(request.base_url)).rstrip("/")
 
 
-def render_status(row: JobRow, base: str) -> dict[str, Any]:
-    """A JobStatus: eight keys in Zendesk's order, nulls written out."""
-    queued = row.status is Status.QUEUED
-    results = None
-    if row.results is not None:
-        results = orjson.Fragment(b"[" + b",".join(row.results) + b"]")
-    return {
-        "id": row.id,
-        "job_type": row.job_type,
-        "url": status_url(base, row.id),
-        "total": row.total,
-        "progress": None if queued else row.progress,
-        "status": row.status.value,
-        "message": None if queued else row.message,
-        "results": results,
-    }
-
-
-def render_stats(row: JobRow) -> dict[str, Any]:
-    """The `job_stats` beside a JobStatus: what the eight keys leave out."""
-    return {
-        "failures": row.failures,
-        "created_at": rfc3339(row.created_at),
-        "started_at": None if row.started_at is None else rfc3339(row.started_at),
-        "updated_at": rfc3339(row.updated_at),
-        "finished_at": None if row.finished_at is None else rfc3339(row.finished_at),
-    }
-
-
-def status_body(row: JobRow, base: str) -> dict[str, Any]:
-    """Every body that carries one JobStatus: `{"job_status": {...}, "job_stats": {...}}`."""
-    return {"job_status": render_status(row, base), "job_stats": render_stats(row)}
-
-
-def statuses_body(rows: list[JobRow], base: str) -> dict[str, Any]:
-    """Every body that carries several: `job_statuses` and their `job_stats` by id."""
-    return {
-        "job_statuses": [render_status(r, base) for r in rows],
-        "job_stats": {r.id: render_stats(r) for r in rows},
-    }
-
-
-def render_delivery(row: DeliveryRow) -> dict[str, Any]:
-    """A webhook delivery: its webhook-id, event type, state and every attempt."""
-    return {
-        "id": row.id,
-        "type": row.type,
-        "state": row.state,
-        "attempts": [
-            {"at": rfc3339(a.at), "status_code": a.status_code, "error": a.error}
-            for a in row.attempts
-        ],
-        "next_attempt_at": None if row.next_attempt_at is None else rfc3339(row.next_attempt_at),
-    }
-
-
-def etag(job_id: str, version: int) -> str:
-    """A strong validator that changes whenever anything in the status changes."""
-    return f'"{job_id}.{version}"'
-
-
-def page_body(
-    request: Request,
-    page: PageRequest,
-    entries: dict[str, Any],
-    *,
-    cursors: list[str],
-    has_more: bool,
-    base: str,
-) -> dict[str, Any]:
-    """A Zendesk cursor-paginated body: the `entries` (one or more keys), `meta` and `links`;
-    the links keep the request's filters."""
-    went_back, started_after = page.before is not None, page.after is not None
-    after_cursor = encode_cursor(cursors[-1]) if cursors else None
-    before_cursor = encode_cursor(cursors[0]) if cursors else None
-    more_after = (not went_back and has_more) or (went_back and bool(cursors))
-    more_before = (went_back and has_more) or (started_after and bool(cursors))
-    path = f"{base}{request.url.path}"
-
-    def link(direction: str, cursor: str | None) -> str | None:
-        if cursor is None:
-            return None
-        query = {**page.keep, "page[size]": page.size, f"page[{direction}]": cursor}
-        return f"{path}?{urlencode(query)}"
-
-    return {
-        **entries,
-        "meta": {
-            "has_more": has_more,
-            "after_cursor": after_cursor,
-            "before_cursor": before_cursor,
-        },
-        "links": {
-            "next": link("after", after_cursor) if more_after else None,
-            "prev": link("before", before_cursor) if more_before else None,
-        },
-    }
-
-
 # -- routes ---------------------------------------------------------------------------------
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's `Idempotency-Key`, if it sent one: 1 to 255 printable ASCII characters."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidParameter("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return key
 
 
 def tenant_of(request: Request) -> str:
@@ -212,13 +114,24 @@ class Routes:
 
     async def submit_job(self, request: Request) -> Response:
         """POST /api/v2/jobs: queue a job; 202 with Location and Retry-After."""
-        tenant = tenant_of(request)
-        key = request.headers.get("idempotency-key")
-        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
-            raise InvalidParameter("Idempotency-Key must be 1 to 255 printable ASCII characters")
+        key = idempotency_key(request)
         doc = await read_json_body(request, self.service.settings.max_body_bytes)
+        row, created = await self.service.submit_job(
+            tenant_of(request), doc, key, public_url=base_url(request, self.service)
+        )
+        return self._accepted(request, row, created=created)
+
+    async def retry_job(self, request: Request) -> Response:
+        """POST /api/v2/job_statuses/{id}/retry: queue a new job of the job's failed items, as
+        they were submitted; 202 with Location and Retry-After, as a submit."""
+        job_id = job_id_param(request)
+        key = idempotency_key(request)
+        row, created = await self.service.retry_job(tenant_of(request), job_id, key)
+        return self._accepted(request, row, created=created)
+
+    def _accepted(self, request: Request, row: JobRow, *, created: bool) -> Response:
+        """The 202 of a queued job: its status and where to poll it."""
         base = base_url(request, self.service)
-        row, created = await self.service.submit_job(tenant, doc, key, public_url=base)
         headers = {
             "Location": status_url(base, row.id),
             "Retry-After": "1",
@@ -311,9 +224,11 @@ class Routes:
         return JSONResponse(statuses_body(rows, base_url(request, self.service)))
 
     async def list_results(self, request: Request) -> Response:
-        """GET /api/v2/job_statuses/{id}/results: result entries by index, in pages."""
+        """GET /api/v2/job_statuses/{id}/results: result entries by index, in pages; with
+        `success=false` only the failed ones (`true`: the succeeded ones), through an index."""
         job_id = job_id_param(request)
-        page = page_params(request)
+        success, keep = success_filter(request)
+        page = page_params(request, keep)
         after_idx = decode_cursor(page.after, INDEX)
         before_idx = decode_cursor(page.before, INDEX)
         found = await self.service.list_results(
@@ -322,6 +237,7 @@ class Routes:
             None if after_idx is None else int(after_idx),
             None if before_idx is None else int(before_idx),
             page.size,
+            success=success,
         )
         body = page_body(
             request,
@@ -332,6 +248,29 @@ class Routes:
             base=base_url(request, self.service),
         )
         return JSONResponse(body)
+
+    async def export_results(self, request: Request) -> Response:
+        """GET /api/v2/job_statuses/{id}/results/export?format=jsonl|csv: every result entry
+        (or, with `success`, the failed or the succeeded ones) as a file, streamed in index
+        order in constant memory."""
+        tenant, job_id = tenant_of(request), job_id_param(request)
+        format_ = request.query_params.get("format", "jsonl")
+        if format_ not in export.FORMATS:
+            raise InvalidParameter(f"format must be jsonl or csv, not {format_[:50]!r}")
+        success, _ = success_filter(request)
+        await self.service.job_version(tenant, job_id)  # a 404 before the stream starts
+
+        def pages() -> AsyncIterator[list[bytes]]:
+            return self.service.result_pages(tenant, job_id, success=success)
+
+        part = {None: "results", False: "failures", True: "successes"}[success]
+        headers = {
+            "Content-Disposition": f'attachment; filename="{job_id}-{part}.{format_}"',
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+        }
+        body = export.stream(format_, pages)
+        return StreamingResponse(body, media_type=export.FORMATS[format_], headers=headers)
 
     async def cancel_job(self, request: Request) -> Response:
         """POST /api/v2/job_statuses/{id}/cancel: stop the job; unstarted items never run."""
@@ -377,9 +316,13 @@ def _routes(r: Routes) -> list[Route]:
         *api(f"{API}/job_statuses", r.list_jobs, "GET"),
         *api(f"{API}/job_statuses/show_many", r.show_many, "GET"),
         *api(f"{API}/job_statuses/{{id}}/results", r.list_results, "GET"),
+        *api(
+            f"{API}/job_statuses/{{id}}/results/export", r.export_results, "GET", json_suffix=False
+        ),
         *api(f"{API}/job_statuses/{{id}}/cancel", r.cancel_job, "POST"),
         *api(f"{API}/job_statuses/{{id}}/deliveries", r.list_deliveries, "GET"),
         *api(f"{API}/job_statuses/{{id}}/deliveries/redeliver", r.redeliver, "POST"),
+        *api(f"{API}/job_statuses/{{id}}/retry", r.retry_job, "POST"),
         # `{id}` below also matches `<id>.json`; job_id_param takes the suffix off
         *api(f"{API}/job_statuses/{{id}}/events", r.job_events, "GET", json_suffix=False),
         *api(f"{API}/job_statuses/{{id}}", r.show_job, "GET", json_suffix=False),

@@ -184,6 +184,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Queue a new job of a finished job's failed items and print its JobStatus."""
+    with _client(args) as client:
+        _print_status(client.retry(args.id, idempotency_key=args.idempotency_key))
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a job and print its JobStatus."""
     with _client(args) as client:
@@ -209,6 +216,33 @@ def cmd_list(args: argparse.Namespace) -> int:
             )
             if count >= args.limit:
                 break
+    return 0
+
+
+def _outcome_flag(args: argparse.Namespace) -> bool | None:
+    """`--failed` → False (only failed entries), `--succeeded` → True, neither → None."""
+    if args.failed:
+        return False
+    return True if args.succeeded else None
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Print a job's result entries, one JSON object a line, in index order."""
+    out = sys.stdout.buffer
+    with _client(args) as client:
+        for entry in client.results(args.id, success=_outcome_flag(args)):
+            out.write(orjson.dumps(entry) + b"\n")
+    out.flush()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a job's result entries to stdout as JSON lines or CSV, as the server streams it."""
+    out = sys.stdout.buffer
+    with _client(args) as client:
+        for chunk in client.export(args.id, format=args.format, success=_outcome_flag(args)):
+            out.write(chunk)
+    out.flush()
     return 0
 
 
@@ -320,6 +354,30 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="API token (default: env JOBLOT_TOKEN)")
 
 
+Command = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
+
+
+def _result_commands(command: Command) -> None:
+    """`results` and `export`: a job's result entries, all or only the failed ones; `retry`:
+    run the failed ones again."""
+    for name, fn, text in (
+        ("results", cmd_results, "print a job's result entries as JSON lines"),
+        ("export", cmd_export, "write a job's result entries to stdout as JSON lines or CSV"),
+    ):
+        p = command(name, fn, text)
+        p.add_argument("id")
+        only = p.add_mutually_exclusive_group()
+        only.add_argument("--failed", action="store_true", help="only the failed entries")
+        only.add_argument("--succeeded", action="store_true", help="only the succeeded entries")
+        if name == "export":
+            p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+        _client_flags(p)
+    p = command("retry", cmd_retry, "queue a new job of a finished job's failed items")
+    p.add_argument("id")
+    p.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
+    _client_flags(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the joblot command."""
     parser = argparse.ArgumentParser(prog="joblot", description="Batch jobs with job statuses.")
@@ -393,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         _client_flags(p)
         if name == "watch":
             p.add_argument("--interval", type=float, default=0.5, help="seconds between refreshes")
+    _result_commands(command)
     p = command("list", cmd_list, "list jobs, unfinished first")
     p.add_argument("--limit", type=int, default=100, help="show at most this many (100)")
     p.add_argument(

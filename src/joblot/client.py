@@ -279,13 +279,31 @@ class AsyncClient:
         return found
 
     async def results(
-        self, job_id: str, *, page_size: int = 100
+        self, job_id: str, *, page_size: int = 100, success: bool | None = None
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """A job's result entries by index, fetched page by page (any job size)."""
-        pages = self._paginate(status_path(job_id, "/results"), "results", page_size)
+        """A job's result entries by index, fetched page by page (any job size); with
+        `success=False` only the failed ones, with `success=True` only the succeeded ones."""
+        params = {} if success is None else {"success": "true" if success else "false"}
+        pages = self._paginate(status_path(job_id, "/results"), "results", page_size, params)
         async with aclosing(pages):
             async for entry in pages:
                 yield entry
+
+    async def export(
+        self, job_id: str, *, format: str = "jsonl", success: bool | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """Every result entry of a job as a file, `jsonl` or `csv`, streamed in chunks as the
+        server writes them (or only the failed or succeeded entries, as in `results`)."""
+        params = {"format": format}
+        if success is not None:
+            params["success"] = "true" if success else "false"
+        path = f"{API}/job_statuses/{quote(job_id, safe='')}/results/export"
+        async with self._http.stream("GET", path, params=params) as response:
+            if response.status_code >= 300:
+                await response.aread()
+                raise error_from(response)
+            async for chunk in response.aiter_bytes():
+                yield chunk
 
     async def cancel(self, job_id: str) -> JobStatus:
         """Stop a job: items not yet started never run, and it ends `failed`."""
@@ -304,6 +322,18 @@ class AsyncClient:
         body = json_body(await self._request("POST", path, Retry.THROTTLED))
         deliveries: builtins.list[dict[str, Any]] = body["deliveries"]
         return deliveries
+
+    async def retry(self, job_id: str, *, idempotency_key: str | None = None) -> JobStatus:
+        """Queue a new job of the failed items of a finished job, as they were submitted; with
+        `idempotency_key` a retry of this call returns the same new job."""
+        headers: dict[str, str] = {}
+        retry = Retry.THROTTLED  # nothing was queued when the server throttled
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+            retry = Retry.ALWAYS
+        path = status_path(job_id, "/retry")
+        response = await self._request("POST", path, retry, headers=headers)
+        return job_status(json_body(response))
 
     async def wait(
         self,
@@ -494,9 +524,19 @@ class Client:
         """The JobStatuses of the jobs among `ids` that exist, in the order asked."""
         return self._run(self._async.show_many(ids))
 
-    def results(self, job_id: str, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
-        """A job's result entries by index, fetched page by page (any job size)."""
-        return self._iterate(self._async.results(job_id, page_size=page_size))
+    def results(
+        self, job_id: str, *, page_size: int = 100, success: bool | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """A job's result entries by index, fetched page by page (any job size); with
+        `success=False` only the failed ones, with `success=True` only the succeeded ones."""
+        return self._iterate(self._async.results(job_id, page_size=page_size, success=success))
+
+    def export(
+        self, job_id: str, *, format: str = "jsonl", success: bool | None = None
+    ) -> Iterator[bytes]:
+        """Every result entry of a job as a file, `jsonl` or `csv`, streamed in chunks as the
+        server writes them (or only the failed or succeeded entries, as in `results`)."""
+        return self._iterate(self._async.export(job_id, format=format, success=success))
 
     def cancel(self, job_id: str) -> JobStatus:
         """Stop a job: items not yet started never run, and it ends `failed`."""
@@ -509,6 +549,11 @@ class Client:
     def redeliver(self, job_id: str) -> builtins.list[dict[str, Any]]:
         """Send the job's webhook event again (a new round of attempts); its deliveries."""
         return self._run(self._async.redeliver(job_id))
+
+    def retry(self, job_id: str, *, idempotency_key: str | None = None) -> JobStatus:
+        """Queue a new job of the failed items of a finished job, as they were submitted; with
+        `idempotency_key` a retry of this call returns the same new job."""
+        return self._run(self._async.retry(job_id, idempotency_key=idempotency_key))
 
     def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 25.0) -> JobStatus:
         """The JobStatus once the job is completed or failed, by long polling; or TimeoutError."""

@@ -18,7 +18,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from joblot import __version__, codec
-from joblot.api import render_status
+from joblot.bodies import render_status
 from joblot.config import DEFAULT_URL, Settings
 from joblot.egress import http_client
 from joblot.errors import JoblotError, RecordNotFound

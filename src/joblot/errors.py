@@ -59,6 +59,12 @@ class NoCallbackUrl(RecordInvalid):
     name = "NoCallbackUrl"
 
 
+class NothingToRetry(RecordInvalid):
+    """The job has no failed items to retry."""
+
+    name = "NothingToRetry"
+
+
 class RecordNotFound(JoblotError):
     """No such job (never existed, purged, or belongs to someone else)."""
 
@@ -86,7 +92,8 @@ class JobFinished(Conflict):
 
 
 class JobNotFinished(Conflict):
-    """The job is still queued or working, and the request needs it finished."""
+    """The job is still queued or working, and the request needs it finished (a retry of
+    its failed items, a redelivery of its webhook)."""
 
     name = "JobNotFinished"
 

@@ -102,6 +102,12 @@ def _delivery() -> dict[str, Any]:
     }
 
 
+_SUCCESS = {
+    "name": "success",
+    "in": "query",
+    "schema": {"type": "string", "enum": ["true", "false"]},
+    "description": "`false`: only the failed entries; `true`: only the succeeded ones",
+}
 _LIST_FILTERS = [
     {
         "name": "status",
@@ -292,9 +298,39 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "list_results",
                 "summary": "A job's results by index, in pages",
-                "parameters": [_ID, *_PAGE],
+                "parameters": [_ID, *_PAGE, _SUCCESS],
                 "responses": {
                     "200": _json(_ref("ResultList"), "A page of result entries"),
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
+        "/api/v2/job_statuses/{id}/results/export": {
+            "get": {
+                "operationId": "export_results",
+                "summary": "Every result entry of a job as a file, in index order",
+                "description": "Streamed in constant memory, whatever the job's size. CSV has "
+                "the columns `index,id,success,error,details`, then the other keys in the "
+                "order first seen; objects and lists are written as JSON, and a text cell "
+                "starting with `=`, `+`, `-` or `@` is written behind a `'` so that no "
+                "spreadsheet runs it as a formula.",
+                "parameters": [
+                    _ID,
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["jsonl", "csv"], "default": "jsonl"},
+                    },
+                    _SUCCESS,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file (Content-Disposition: attachment)",
+                        "content": {
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
                     **_errors(400, 404, 503),
                 },
             }
@@ -329,6 +365,27 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "202": _json(_ref("DeliveryList"), "Queued; the deliveries"),
                     **_errors(404, 409, 422, 503),
+                },
+            }
+        },
+        "/api/v2/job_statuses/{id}/retry": {
+            "post": {
+                "operationId": "retry_job",
+                "summary": "Queue a new job of a finished job's failed items",
+                "description": "The new job has a new id and the same `job_type`; its items are "
+                "the failed items of `{id}`, exactly as they were submitted, in index order. "
+                "It counts against the tenant's quota as any submit does.",
+                "parameters": [
+                    _ID,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "maxLength": 255},
+                    },
+                ],
+                "responses": {
+                    "202": _json(envelope, "Queued; poll the Location"),
+                    **_errors(400, 404, 409, 422, 503),
                 },
             }
         },

@@ -105,6 +105,17 @@ def job_filter(request: Request) -> tuple[JobFilter, dict[str, str]]:
     return JobFilter(statuses=statuses, job_type=job_type), keep
 
 
+def success_filter(request: Request) -> tuple[bool | None, dict[str, str]]:
+    """`success=false` (only failed entries) or `success=true` (only succeeded ones), and the
+    same as a query parameter for the links of the pages."""
+    raw = request.query_params.get("success")
+    if raw is None:
+        return None, {}
+    if raw not in ("true", "false"):
+        raise InvalidParameter(f"success must be true or false, not {raw[:50]!r}")
+    return raw == "true", {"success": raw}
+
+
 def encode_cursor(value: str) -> str:
     """An opaque, URL-safe cursor."""
     return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")

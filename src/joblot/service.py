@@ -7,7 +7,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -19,6 +19,7 @@ from joblot.egress import UnsafeDestination, check_callback_url, check_syntax
 from joblot.errors import (
     JobNotFinished,
     NoCallbackUrl,
+    NothingToRetry,
     RecordInvalid,
     RecordNotFound,
     TooManyItems,
@@ -185,6 +186,18 @@ def build_job(
     )
 
 
+EXPORT_PAGE = 1000  # result entries read at a time by an export
+
+
+def _nothing_to_retry(source: JobRow) -> str:
+    if source.failures:  # failures recorded before items were kept for retries
+        return (
+            f"the {source.failures} failed items of job {source.id} finished before this "
+            "server kept failed items for retries; submit them again as a new job"
+        )
+    return f"no item of job {source.id} failed: there is nothing to retry"
+
+
 OFFLOAD_ITEMS = 2000  # submissions larger than this are validated and encoded in a thread
 
 
@@ -227,16 +240,61 @@ class Service:
         if job.callback_url is not None:
             allow = self.settings.webhook_allow_private
             await check_callback_url(job.callback_url, allow_private=allow)
+        return await self._store_job(job)
+
+    async def retry_job(
+        self, tenant: str, job_id: str, idempotency_key: str | None = None
+    ) -> tuple[JobRow, bool]:
+        """Queue a new job of the failed items of a finished job, as they were submitted, in
+        index order; a retry with the same key returns the same new job."""
+        now = self.clock()
+        source = await self.store.get_job(tenant, job_id, now, 0)
+        if source is None:
+            raise RecordNotFound.for_job(job_id)
+        if not source.status.finished:
+            raise JobNotFinished(
+                f"job {job_id} is still {source.status.value}; retry its failed items once it "
+                "has completed or failed (or cancel it first)"
+            )
+        payloads = await self.store.failed_items(tenant, job_id, now)
+        if payloads is None:
+            raise RecordNotFound.for_job(job_id)
+        if not payloads:
+            raise NothingToRetry(_nothing_to_retry(source))
+        job_type = _job_type(source.job_type, self.app)
+        if len(payloads) > self.settings.max_items:
+            raise TooManyItems(
+                f"job {job_id} has {len(payloads)} failed items, more than the "
+                f"{self.settings.max_items} a job may have"
+            )
+        retry = NewJob(
+            id=new_job_id(now),
+            tenant=tenant,
+            job_type=job_type.name,
+            action=job_type.action,
+            max_failures=job_type.max_failures,
+            payloads=payloads,
+            created_at=now,
+            idempotency_key=idempotency_key,
+            request_hash=None if idempotency_key is None else f"retry:{job_id}",
+            max_active_jobs=self.settings.max_active_jobs,
+            message=f"Retrying the {len(payloads)} failed items of job {job_id}",
+        )
+        return await self._store_job(retry, f"retries the failed items of job {job_id}")
+
+    async def _store_job(self, job: NewJob, note: str = "") -> tuple[JobRow, bool]:
+        """Store a new job (every submit goes through here); with a known idempotency key,
+        the job that key made, as it is now."""
         row, created = await self.store.submit_job(job)
         if not created:  # a replay answers with the job as it is now
-            return await self.get_job(tenant, row.id), created
+            return await self.get_job(job.tenant, row.id), created
         job_event(
             log,
             "submitted",
-            f"{row.total} items",
+            f"{row.total} items" + (f"; {note}" if note else ""),
             job_id=row.id,
             job_type=row.job_type,
-            tenant=tenant,
+            tenant=job.tenant,
             total=row.total,
         )
         return row, created
@@ -290,15 +348,47 @@ class Service:
         )
 
     async def list_results(
-        self, tenant: str, job_id: str, after: int | None, before: int | None, size: int
+        self,
+        tenant: str,
+        job_id: str,
+        after: int | None,
+        before: int | None,
+        size: int,
+        *,
+        success: bool | None = None,
     ) -> Page[tuple[int, bytes]]:
-        """A page of a job's result entries by index, or RecordNotFound."""
+        """A page of a job's result entries by index (only the failed or the succeeded ones
+        if `success` says which), or RecordNotFound."""
         page = await self.store.list_results(
-            tenant, job_id, now=self.clock(), after=after, before=before, size=size
+            tenant, job_id, now=self.clock(), after=after, before=before, size=size, success=success
         )
         if page is None:
             raise RecordNotFound.for_job(job_id)
         return page
+
+    async def result_pages(
+        self, tenant: str, job_id: str, *, success: bool | None = None, size: int = EXPORT_PAGE
+    ) -> AsyncIterator[list[bytes]]:
+        """Every result entry of a job (or only the failed or succeeded ones), in index order,
+        `size` at a time: one bounded read each, so memory does not grow with the job. Ends
+        early if the job is purged meanwhile."""
+        after: int | None = None
+        while True:
+            page = await self.store.list_results(
+                tenant,
+                job_id,
+                now=self.clock(),
+                after=after,
+                before=None,
+                size=size,
+                success=success,
+            )
+            if page is None or not page.rows:
+                return
+            yield [entry for _, entry in page.rows]
+            if not page.has_more:
+                return
+            after = page.rows[-1][0]
 
     async def job_version(self, tenant: str, job_id: str) -> int:
         """The job's change counter, or RecordNotFound."""

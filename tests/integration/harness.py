@@ -13,6 +13,7 @@ import httpx
 
 from joblot.api import create_app
 from joblot.app import App
+from joblot.auth import mint_token
 from joblot.config import Settings
 from joblot.demo import app as demo_app
 from joblot.service import Service
@@ -54,10 +55,20 @@ class Harness:
         assert response.status_code == 202, response.text
         return response.json()["job_status"]
 
-    async def wait(self, job_id: str, timeout: float = 20) -> Any:
+    async def tenant_headers(self, tenant: str) -> dict[str, str]:
+        """The Authorization header of a new token of `tenant` (once a token exists, requests
+        without one get 401)."""
+        minted = mint_token()
+        await self.service.store.create_token(minted.token_id, tenant, minted.digest, time.time())
+        return {"Authorization": f"Bearer {minted.secret}"}
+
+    async def wait(
+        self, job_id: str, timeout: float = 20, headers: dict[str, str] | None = None
+    ) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = (await self.http.get(f"/api/v2/job_statuses/{job_id}")).json()["job_status"]
+            response = await self.http.get(f"/api/v2/job_statuses/{job_id}", headers=headers)
+            status = response.json()["job_status"]
             if status["status"] in ("completed", "failed"):
                 return status
             await asyncio.sleep(0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pytest
 
 from joblot.models import Status
@@ -161,3 +162,99 @@ async def test_a_filtered_list_pages_backward_with_the_same_filter(store: Store)
     )
     assert [r.id for r in back.rows] == [rows["working"].id, rows["failed"].id]
     assert back.has_more
+
+
+# -- results by outcome -------------------------------------------------------------------------
+
+
+async def _finished_with_failures(store: Store, items: int = 10) -> JobRow:
+    """A job whose items with an index divisible by 3 failed."""
+    job = await submit(store, items)
+    claimed = await claim(store, T0 + 1)
+    results = [done(i, success=i.index % 3 != 0) for i in claimed.items]
+    await store.finish_items(
+        claimed.lease_id, results, message=None, final=True, now=T0 + 2, retention=RETENTION
+    )
+    return job
+
+
+@pytest.mark.parametrize("success", [False, True, None])
+async def test_results_page_through_only_one_outcome_both_ways(
+    store: Store, success: bool | None
+) -> None:
+    job = await _finished_with_failures(store, 10)
+    wanted = [i for i in range(10) if success is None or (i % 3 != 0) == success]
+    seen, after = [], None
+    while True:
+        page = await store.list_results(
+            "", job.id, now=T0 + 3, after=after, before=None, size=2, success=success
+        )
+        assert page is not None
+        seen += [i for i, _ in page.rows]
+        if not page.has_more:
+            break
+        after = page.rows[-1][0]
+    assert seen == wanted
+    back = await store.list_results(
+        "", job.id, now=T0 + 3, after=None, before=wanted[-1], size=2, success=success
+    )
+    assert back is not None and [i for i, _ in back.rows] == wanted[-3:-1]
+    assert back.has_more == (len(wanted) > 3)
+
+
+# -- failed items kept for a retry ----------------------------------------------------------
+
+
+async def test_failed_items_are_kept_as_submitted_in_index_order(store: Store) -> None:
+    job = await _finished_with_failures(store, 10)
+    kept = await store.failed_items("", job.id, T0 + 3)
+    assert kept is not None
+    assert [orjson.loads(p) for p in kept] == [{"id": i} for i in (0, 3, 6, 9)]
+    assert await store.failed_items("other", job.id, T0 + 3) is None
+    assert await store.failed_items("", "0" * 32, T0 + 3) is None
+    clean = await submit(store, 2, at=T0 + 4)
+    claimed = await claim(store, T0 + 5)
+    await store.finish_items(
+        claimed.lease_id,
+        [done(i) for i in claimed.items],
+        message=None,
+        final=True,
+        now=T0 + 5,
+        retention=RETENTION,
+    )
+    assert await store.failed_items("", clean.id, T0 + 6) == []
+
+
+async def test_an_item_whose_worker_vanished_for_good_is_kept_too(store: Store) -> None:
+    job = await submit(store, 2)
+    for attempt in range(2):
+        await store.claim_items("w", TYPES, limit=1, now=T0 + 100 * attempt, lease_seconds=30)
+        await store.requeue_expired(T0 + 100 * attempt + 31, 2, RETENTION)
+    kept = await store.failed_items("", job.id, T0 + 300)
+    assert kept is not None and [orjson.loads(p) for p in kept] == [{"id": 0}]
+
+
+async def test_a_refused_finish_keeps_nothing(store: Store) -> None:
+    job = await submit(store, 1)
+    first = await claim(store, T0)
+    await store.requeue_expired(T0 + 31, 3, RETENTION)  # its worker vanished
+    second = await claim(store, T0 + 32)
+    stale = await store.finish_items(
+        first.lease_id,
+        [done(first.items[0], success=False)],
+        message=None,
+        final=True,
+        now=T0 + 33,
+        retention=RETENTION,
+    )
+    assert not stale.accepted
+    assert await store.failed_items("", job.id, T0 + 33) == []
+    await store.finish_items(
+        second.lease_id,
+        [done(second.items[0], success=False)],
+        message=None,
+        final=True,
+        now=T0 + 34,
+        retention=RETENTION,
+    )
+    assert await store.failed_items("", job.id, T0 + 34) == [orjson.dumps({"id": 0})]

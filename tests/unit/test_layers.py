@@ -31,6 +31,8 @@ ABOVE_THE_STORE = {
     "metrics",
     "logs",
     "dashboard",
+    "export",
+    "bodies",
 }
 
 
@@ -92,14 +94,14 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
 ONLY_SQLITE = {
     "finish_items.take_item": "one statement per item via executemany; PostgreSQL sends arrays",
     "finish_items.insert_result": "one statement per item via executemany",
+    "finish_items.insert_failure": "one statement per failed item via executemany",
     "get_job.inline_results": "a second local query; PostgreSQL folds it into get_job.select",
     "metric_counts.end": "ends the read snapshot; psycopg's transaction() ends PostgreSQL's",
     "submit_job.insert_item": "executemany; PostgreSQL streams items with COPY",
 }
 ONLY_POSTGRES = {
     "claim_items.any_runnable": "a lock-free probe before the claim transaction",
-    "finish_items.take_items": "the whole batch as arrays in one round trip",
-    "finish_items.insert_results": "the whole batch as arrays in one round trip",
+    "finish_items.record": "the whole batch as arrays in one round trip",
     "finish_items.lease_held": "re-checked under the job row lock: writers run in parallel",
     "get_jobs.select": "show_many in one round trip",
     "migrations.lock": "several nodes may migrate at once; SQLite's writer is the lock",

@@ -37,6 +37,7 @@ class NewJob:
     max_active_jobs: int | None = None  # refuse with TooManyJobs past this many unfinished
     callback_url: str | None = None  # where its completion event goes, checked by the caller
     public_url: str | None = None  # base of the JobStatus `url` that event carries
+    message: str | None = None  # shown once the job starts, until a handler reports one
 
 
 @dataclass(frozen=True)
@@ -282,8 +283,14 @@ class Store(Protocol):
         after: int | None,
         before: int | None,
         size: int,
+        success: bool | None = None,
     ) -> Page[tuple[int, bytes]] | None:
-        """Result entries of a job by index, after or before an index; None if no such job."""
+        """Result entries of a job by index, after or before an index, only the failed or the
+        succeeded ones if `success` says which; None if no such job."""
+
+    async def failed_items(self, tenant: str, job_id: str, now: float) -> list[bytes] | None:
+        """The payloads of a job's failed items, as submitted, in index order; None if there
+        is no such job."""
 
     async def job_version(self, tenant: str, job_id: str, now: float) -> int | None:
         """The job's version counter (bumped by every visible change), or None."""

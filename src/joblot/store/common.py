@@ -76,6 +76,13 @@ def filter_params(where: JobFilter) -> dict[str, Any]:
     }
 
 
+def results_operation(*, success: bool | None) -> str:
+    """The named `list_results` query for every entry, only the failed or only the succeeded."""
+    if success is None:
+        return "list_results"
+    return "list_results_succeeded" if success else "list_results_failed"
+
+
 def list_operation(where: JobFilter) -> str:
     """The named `list_jobs` query for a filter: by job type, through that type's index."""
     return "list_jobs" if where.job_type is None else "list_jobs_of_type"
@@ -99,6 +106,7 @@ def job_params(job: NewJob) -> dict[str, Any]:
         "list_key": unfinished_list_key(job.created_at, job.id),
         "callback_url": job.callback_url,
         "public_url": job.public_url,
+        "message": job.message,
     }
 
 
@@ -110,7 +118,7 @@ def queued_row(job: NewJob) -> JobRow:
         status=Status.QUEUED,
         total=len(job.payloads),
         progress=0,
-        message=None,
+        message=job.message,
         version=1,
         results=None,
         list_key=unfinished_list_key(job.created_at, job.id),

@@ -121,12 +121,26 @@ class PostgresStore:
         after: int | None,
         before: int | None,
         size: int,
+        success: bool | None = None,
     ) -> Page[tuple[int, bytes]] | None:
-        """A page of a job's result entries by index."""
+        """A page of a job's result entries by index (only failed or succeeded ones if
+        `success` is given)."""
         async with self._pool.connection() as conn:
             return await clients.list_results(
-                conn, tenant, job_id, now=now, after=after, before=before, size=size
+                conn,
+                tenant,
+                job_id,
+                now=now,
+                after=after,
+                before=before,
+                size=size,
+                success=success,
             )
+
+    async def failed_items(self, tenant: str, job_id: str, now: float) -> list[bytes] | None:
+        """The payloads of a job's failed items, as submitted, in index order."""
+        async with self._pool.connection() as conn:
+            return await clients.failed_items(conn, tenant, job_id, now)
 
     async def job_version(self, tenant: str, job_id: str, now: float) -> int | None:
         """The job's change counter, for ETags and long polls."""

@@ -25,6 +25,7 @@ from joblot.store.common import (
     list_operation,
     metric_counts,
     queued_row,
+    results_operation,
     state_from_row,
     too_many_jobs,
 )
@@ -166,14 +167,25 @@ async def list_results(
     after: int | None,
     before: int | None,
     size: int,
+    success: bool | None = None,
 ) -> Page[tuple[int, bytes]] | None:
-    """A page of a job's result entries by index; None if there is no such job."""
+    """A page of a job's result entries by index, only the failed or the succeeded ones if
+    `success` says which; None if there is no such job."""
     if await job_version(conn, tenant, job_id, now) is None:
         return None
-    name, idx = keyset_query("list_results", after, before, -1)
-    rows = await fetch_all(conn, name, {"id": job_id, "idx": idx, "limit": size + 1})
+    name, idx = keyset_query(results_operation(success=success), after, before, -1)
+    params = {"id": job_id, "idx": idx, "limit": size + 1}
+    rows = await fetch_all(conn, name, params)
     page, has_more = keyset_page(rows, size, backwards=before is not None)
     return Page([(i, e) for i, e in page], has_more)
+
+
+async def failed_items(conn: Conn, tenant: str, job_id: str, now: float) -> list[bytes] | None:
+    """The payloads of a job's failed items, as submitted, in index order; None if there is
+    no such job."""
+    if await job_version(conn, tenant, job_id, now) is None:
+        return None
+    return [bytes(p) for (p,) in await fetch_all(conn, "failed_items.select", {"id": job_id})]
 
 
 async def job_version(conn: Conn, tenant: str, job_id: str, now: float) -> int | None:

@@ -135,25 +135,19 @@ async def finish_items(
 
 
 async def record(conn: Conn, job_id: str, lease_id: int, items: list[FinishedItem]) -> None:
-    """Take the items off the queue and store their results; Refused unless all were held."""
+    """Take the items off the queue and store their results (a failed one with its payload);
+    Refused unless all were held."""
     if not items:
         return
-    indexes = [it.index for it in items]
-    taken = await rowcount(
-        conn, "finish_items.take_items", {"job_id": job_id, "idx": indexes, "lease_id": lease_id}
-    )
-    if taken != len(items):
+    params = {
+        "job_id": job_id,
+        "lease_id": lease_id,
+        "idx": [it.index for it in items],
+        "success": [it.success for it in items],
+        "entry": [it.entry for it in items],
+    }
+    if await rowcount(conn, "finish_items.record", params) != len(items):
         raise Refused()
-    await rowcount(
-        conn,
-        "finish_items.insert_results",
-        {
-            "job_id": job_id,
-            "idx": indexes,
-            "success": [it.success for it in items],
-            "entry": [it.entry for it in items],
-        },
-    )
 
 
 async def renew_leases(conn: Conn, lease_ids: list[int], now: float, until: float) -> set[int]:

@@ -102,11 +102,24 @@ class SQLiteStore:
         after: int | None,
         before: int | None,
         size: int,
+        success: bool | None = None,
     ) -> Page[tuple[int, bytes]] | None:
-        """A page of a job's result entries by index."""
+        """A page of a job's result entries by index (only failed or succeeded ones if
+        `success` is given)."""
         return await self._db.read(
-            clients.list_results, tenant, job_id, now=now, after=after, before=before, size=size
+            clients.list_results,
+            tenant,
+            job_id,
+            now=now,
+            after=after,
+            before=before,
+            size=size,
+            success=success,
         )
+
+    async def failed_items(self, tenant: str, job_id: str, now: float) -> list[bytes] | None:
+        """The payloads of a job's failed items, as submitted, in index order."""
+        return await self._db.read(clients.failed_items, tenant, job_id, now)
 
     async def job_version(self, tenant: str, job_id: str, now: float) -> int | None:
         """The job's change counter, for ETags and long polls."""

@@ -101,7 +101,16 @@ def finish_items(
 
 
 def record(conn: Conn, job_id: str, lease_id: int, items: list[FinishedItem]) -> None:
-    """Take the items off the queue and store their results; Refused unless all were held."""
+    """Take the items off the queue and store their results (a failed one with its payload);
+    Refused unless all were held."""
+    failed = [it for it in items if not it.success]
+    if failed:  # copied before the items are taken: the payload goes beside the result
+        kept = conn.executemany(
+            SQL["finish_items.insert_failure"],
+            ((it.entry, job_id, it.index, lease_id) for it in failed),
+        ).rowcount
+        if kept != len(failed):
+            raise Refused()
     taken = conn.executemany(
         SQL["finish_items.take_item"], ((job_id, it.index, lease_id) for it in items)
     ).rowcount
@@ -109,7 +118,7 @@ def record(conn: Conn, job_id: str, lease_id: int, items: list[FinishedItem]) ->
         raise Refused()
     conn.executemany(
         SQL["finish_items.insert_result"],
-        ((job_id, it.index, int(it.success), it.entry) for it in items),
+        ((job_id, it.index, 1, it.entry) for it in items if it.success),
     )
 
 

@@ -52,10 +52,10 @@ SELECT count(*) FROM jobs WHERE tenant = %(tenant)s AND list_key < '1';
 -- caller looks up the winner's job instead of failing on the unique index.
 INSERT INTO jobs (id, tenant, job_type, action, status, total, pending, max_failures,
                   idempotency_key, request_hash, created_at, updated_at, list_key, callback_url,
-                  public_url)
+                  public_url, message)
 VALUES (%(id)s, %(tenant)s, %(job_type)s, %(action)s, 'queued', %(total)s, %(total)s,
         %(max_failures)s, %(idempotency_key)s, %(request_hash)s, %(created_at)s, %(created_at)s,
-        %(list_key)s, %(callback_url)s, %(public_url)s)
+        %(list_key)s, %(callback_url)s, %(public_url)s, %(message)s)
 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
 
@@ -150,12 +150,40 @@ WHERE tenant = %(tenant)s AND job_type = %(job_type)s
   AND (expires_at IS NULL OR expires_at > %(now)s)
 ORDER BY list_key DESC LIMIT %(limit)s;
 
+-- name: failed_items.select
+-- The payloads of a job's failed items, as submitted, in index order: a range of
+-- results_failed. Failures recorded before migration 008 kept no payload.
+SELECT payload FROM results
+WHERE job_id = %(id)s AND NOT success AND payload IS NOT NULL
+ORDER BY idx;
+
 -- name: list_results.after
 SELECT idx, entry FROM results WHERE job_id = %(id)s AND idx > %(idx)s
 ORDER BY idx LIMIT %(limit)s;
 
 -- name: list_results.before
 SELECT idx, entry FROM results WHERE job_id = %(id)s AND idx < %(idx)s
+ORDER BY idx DESC LIMIT %(limit)s;
+
+-- name: list_results_failed.after
+-- Only the failed entries: a range of the partial index results_failed (the condition is
+-- written out, not a parameter, so that the planner can use that index).
+SELECT idx, entry FROM results WHERE job_id = %(id)s AND NOT success AND idx > %(idx)s
+ORDER BY idx LIMIT %(limit)s;
+
+-- name: list_results_failed.before
+SELECT idx, entry FROM results WHERE job_id = %(id)s AND NOT success AND idx < %(idx)s
+ORDER BY idx DESC LIMIT %(limit)s;
+
+-- name: list_results_succeeded.after
+-- Only the succeeded entries: the job's range of the primary key, stepping over the failed
+-- ones. Succeeded entries have no index of their own, which would cost every finish a write;
+-- so a page costs its size plus the failures between its entries.
+SELECT idx, entry FROM results WHERE job_id = %(id)s AND success AND idx > %(idx)s
+ORDER BY idx LIMIT %(limit)s;
+
+-- name: list_results_succeeded.before
+SELECT idx, entry FROM results WHERE job_id = %(id)s AND success AND idx < %(idx)s
 ORDER BY idx DESC LIMIT %(limit)s;
 
 -- name: job_version
@@ -242,25 +270,27 @@ SELECT job_id, expires_at FROM leases WHERE id = %(lease_id)s;
 -- requeue or release of this lease that committed while this finish waited is seen here.
 SELECT 1 FROM leases WHERE id = %(lease_id)s AND expires_at >= %(now)s;
 
--- name: finish_items.take_items
--- The fencing check, for the whole batch in one statement: only items still leased under
--- this token are taken; the caller refuses the batch on any shortfall. Rows are locked in
--- index order, as requeue_expired.items does, so the two never deadlock.
--- Locked rows are deleted by ctid, for the same reason as in claim_items.lease_items.
+-- name: finish_items.record
+-- The fencing check and the recording, for the whole batch in one statement: only items still
+-- leased under this token are taken (the caller refuses the batch on any shortfall of inserted
+-- results), and each result is inserted with the item it replaces, a failed one with its
+-- payload (for a retry). Rows are locked in index order, as requeue_expired.items does, so the
+-- two never deadlock. Locked rows are deleted by ctid, for the same reason as in
+-- claim_items.lease_items. Differs from SQLite's statements per item: one round trip.
 WITH taken AS (
     SELECT ctid FROM items
     WHERE job_id = %(job_id)s AND idx = ANY(%(idx)s::bigint[])
       AND lease_id = %(lease_id)s AND state = 'leased'
     ORDER BY idx
     FOR UPDATE
+), gone AS (
+    DELETE FROM items WHERE ctid = ANY(ARRAY(SELECT ctid FROM taken))
+    RETURNING idx, payload
 )
-DELETE FROM items WHERE ctid = ANY(ARRAY(SELECT ctid FROM taken));
-
--- name: finish_items.insert_results
--- Differs from SQLite's one INSERT per result: the batch as arrays, one round trip.
-INSERT INTO results (job_id, idx, success, entry)
-SELECT %(job_id)s, r.idx, r.success, r.entry
-FROM unnest(%(idx)s::bigint[], %(success)s::boolean[], %(entry)s::bytea[]) AS r (idx, success, entry);
+INSERT INTO results (job_id, idx, success, entry, payload)
+SELECT %(job_id)s, r.idx, r.success, r.entry, CASE WHEN NOT r.success THEN gone.payload END
+FROM unnest(%(idx)s::bigint[], %(success)s::boolean[], %(entry)s::bytea[]) AS r (idx, success, entry)
+JOIN gone ON gone.idx = r.idx;
 
 -- name: leases.release
 DELETE FROM leases WHERE id = %(lease_id)s;

@@ -25,10 +25,10 @@ WHERE tenant = :tenant AND idempotency_key = :key;
 -- name: submit_job.insert_job
 INSERT INTO jobs (id, tenant, job_type, action, status, total, pending, max_failures,
                   idempotency_key, request_hash, created_at, updated_at, list_key, callback_url,
-                  public_url)
+                  public_url, message)
 VALUES (:id, :tenant, :job_type, :action, 'queued', :total, :total, :max_failures,
         :idempotency_key, :request_hash, :created_at, :created_at, :list_key, :callback_url,
-        :public_url);
+        :public_url, :message);
 
 -- name: submit_job.insert_item
 INSERT INTO items (job_id, idx, payload) VALUES (?, ?, ?);
@@ -86,11 +86,42 @@ WHERE tenant = :tenant AND job_type = :job_type
   AND (expires_at IS NULL OR expires_at > :now)
 ORDER BY list_key DESC LIMIT :limit;
 
+-- name: failed_items.select
+-- The payloads of a job's failed items, as submitted, in index order: a range of
+-- results_failed. Failures recorded before migration 008 kept no payload.
+SELECT payload FROM results INDEXED BY results_failed
+WHERE job_id = :id AND success = 0 AND payload IS NOT NULL
+ORDER BY idx;
+
 -- name: list_results.after
 SELECT idx, entry FROM results WHERE job_id = :id AND idx > :idx ORDER BY idx LIMIT :limit;
 
 -- name: list_results.before
 SELECT idx, entry FROM results WHERE job_id = :id AND idx < :idx
+ORDER BY idx DESC LIMIT :limit;
+
+-- name: list_results_failed.after
+-- Only the failed entries: a range of the partial index results_failed (the condition is
+-- written out, not a parameter, so that it matches the index's; without statistics SQLite
+-- would rather walk the primary key, hence INDEXED BY).
+SELECT idx, entry FROM results INDEXED BY results_failed
+WHERE job_id = :id AND success = 0 AND idx > :idx
+ORDER BY idx LIMIT :limit;
+
+-- name: list_results_failed.before
+SELECT idx, entry FROM results INDEXED BY results_failed
+WHERE job_id = :id AND success = 0 AND idx < :idx
+ORDER BY idx DESC LIMIT :limit;
+
+-- name: list_results_succeeded.after
+-- Only the succeeded entries: the job's range of the primary key, stepping over the failed
+-- ones. Succeeded entries have no index of their own, which would cost every finish a write;
+-- so a page costs its size plus the failures between its entries.
+SELECT idx, entry FROM results WHERE job_id = :id AND success = 1 AND idx > :idx
+ORDER BY idx LIMIT :limit;
+
+-- name: list_results_succeeded.before
+SELECT idx, entry FROM results WHERE job_id = :id AND success = 1 AND idx < :idx
 ORDER BY idx DESC LIMIT :limit;
 
 -- name: job_version
@@ -152,6 +183,13 @@ DELETE FROM items WHERE job_id = ? AND idx = ? AND lease_id = ? AND state = 'lea
 
 -- name: finish_items.insert_result
 INSERT INTO results (job_id, idx, success, entry) VALUES (?, ?, ?, ?);
+
+-- name: finish_items.insert_failure
+-- A failed item's result keeps its payload (for a retry), copied from the item before the
+-- item is taken; only an item still leased under this token is copied (the fencing check).
+INSERT INTO results (job_id, idx, success, entry, payload)
+SELECT job_id, idx, 0, ?, payload FROM items
+WHERE job_id = ? AND idx = ? AND lease_id = ? AND state = 'leased';
 
 -- name: leases.release
 DELETE FROM leases WHERE id = :lease_id;
