@@ -33,6 +33,8 @@ log = logging.getLogger("joblot.webhooks")
 EXCERPT_BYTES = 256  # of a receiver's answer: read, and kept in the attempt's error, no more
 JITTER = 0.2  # each retry delay is stretched or shrunk by up to this share
 MAX_RETRY_AFTER = 86400.0  # a receiver asking for a longer wait is tried again after a day
+INTERRUPTED = "the process stopped during this attempt; sent again"
+INTERRUPTED_SECONDS = 2.0  # a stopping process waits this long to record that, at most
 
 
 @dataclass(frozen=True)
@@ -199,11 +201,14 @@ class Deliverer:
         return await self.service.deliveries_due.wait()
 
     async def attempt(self, http: httpx.AsyncClient, due: DueDelivery) -> None:
-        """Make one attempt of `due` and record how it went; never raises."""
+        """Make one attempt of `due` and record how it went; never raises but a cancel."""
         try:
             answer = await self._send(http, due)
             outcome = decide(self.settings, due, answer, self.service.clock(), self.rand)
             await self.service.finish_delivery(outcome)
+        except asyncio.CancelledError:
+            await self._interrupted(due)
+            raise
         except JoblotError as exc:  # e.g. the database: the lease lapses and it is retried
             log.warning("webhook attempt for job %s failed: %s", due.job_id, exc.description)
             return
@@ -211,6 +216,24 @@ class Deliverer:
             log.exception("webhook attempt for job %s failed unexpectedly", due.job_id)
             return
         _log_outcome(due, outcome)
+
+    async def _interrupted(self, due: DueDelivery) -> None:
+        """The process is stopping mid-attempt: say so, and make the delivery due again at
+        once rather than when its lease lapses (best effort: the lease covers a failure)."""
+        outcome = AttemptOutcome(
+            delivery_id=due.id,
+            attempt=due.attempt,
+            lease_token=due.lease_token,
+            status_code=None,
+            error=INTERRUPTED,
+            state="pending",
+            next_attempt_at=self.service.clock(),
+        )
+        try:
+            async with asyncio.timeout(INTERRUPTED_SECONDS):
+                await self.service.finish_delivery(outcome)
+        except Exception as exc:  # stopping anyway: the lease will lapse instead
+            log.info("could not record the interrupted webhook attempt %s: %s", due.id, exc)
 
     async def _send(self, http: httpx.AsyncClient, due: DueDelivery) -> Answer:
         try:

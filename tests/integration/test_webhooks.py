@@ -346,3 +346,22 @@ async def test_a_submit_with_a_callback_to_a_non_public_address_is_refused_with_
             assert body["description"].startswith('"callback_url" is refused: '), name
         listed = (await h.http.get("/api/v2/job_statuses")).json()["job_statuses"]
         assert listed == []  # nothing refused was stored
+
+
+async def test_a_worker_stopping_mid_attempt_makes_the_delivery_due_again_at_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.reply(Reply(hang=True))
+    async with running(tmp_path, webhook_timeout_seconds=60) as h:
+        job = await submit(h, receiver.url, [{"id": 1}])
+        await asyncio.to_thread(receiver.wait_hanging, 1)
+        worker, task = h.workers.pop()
+        worker.stop()
+        await task  # the attempt in flight is cut off
+        (delivery,) = await deliveries(h, job["id"])
+        assert delivery["state"] == "pending"
+        assert delivery["attempts"][0]["error"].startswith("the process stopped")
+        h.start_worker()  # not waiting for the 120 s lease: it is due now
+        first, again = await arrived(receiver, 2)
+        assert first.headers["webhook-id"] == again.headers["webhook-id"]
+        assert (await settled(h, job["id"], "delivered"))["attempts"][1]["status_code"] == 200
