@@ -267,6 +267,8 @@ class Service:
                 f"job {job_id} has {len(payloads)} failed items, more than the "
                 f"{self.settings.max_items} a job may have"
             )
+        # The retry reports to the callback of the job it retries, if that had one.
+        callback, public_url = await self.store.job_callback(tenant, job_id, now) or (None, None)
         retry = NewJob(
             id=new_job_id(now),
             tenant=tenant,
@@ -279,6 +281,8 @@ class Service:
             request_hash=None if idempotency_key is None else f"retry:{job_id}",
             max_active_jobs=self.settings.max_active_jobs,
             message=f"Retrying the {len(payloads)} failed items of job {job_id}",
+            callback_url=callback,
+            public_url=public_url,
         )
         return await self._store_job(retry, f"retries the failed items of job {job_id}")
 

@@ -177,3 +177,11 @@ async def test_secrets_are_created_once_and_rotated_keeping_the_previous_one(
     )
     other = await store.webhook_secret("globex", "whsec_other", T0, rotate=True)
     assert other.secret == "whsec_other" and other.previous is None
+
+
+async def test_job_callback_is_read_back_only_for_jobs_that_have_one(store: Store) -> None:
+    job_id = await submit_hooked(store, 1, tenant="acme")
+    plain, _ = await store.submit_job(new_job(1, tenant="acme"))
+    assert await store.job_callback("acme", job_id, T0) == (HOOK, "https://jobs.example.com")
+    assert await store.job_callback("globex", job_id, T0) is None
+    assert await store.job_callback("acme", plain.id, T0) is None

@@ -365,3 +365,23 @@ async def test_a_worker_stopping_mid_attempt_makes_the_delivery_due_again_at_onc
         first, again = await arrived(receiver, 2)
         assert first.headers["webhook-id"] == again.headers["webhook-id"]
         assert (await settled(h, job["id"], "delivered"))["attempts"][1]["status_code"] == 200
+
+
+async def test_a_retry_of_the_failed_items_reports_to_the_same_callback(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async with running(tmp_path) as h:
+        job = await submit(h, receiver.url, [{"id": 1}, {"id": 2, "fail": "bad row"}])
+        await arrived(receiver, 1)
+        response = await h.http.post(f"/api/v2/job_statuses/{job['id']}/retry")
+        assert response.status_code == 202, response.text
+        retry = response.json()["job_status"]
+        first, second = await arrived(receiver, 2)
+        assert first.headers["webhook-id"] != second.headers["webhook-id"]
+        assert second.event()["data"]["job_status"]["id"] == retry["id"]
+        assert second.event()["data"]["job_status"]["total"] == 1
+        plain = await h.submit([{"id": 3, "fail": "no callback"}])
+        await h.wait(plain["id"])
+        again = await h.http.post(f"/api/v2/job_statuses/{plain['id']}/retry")
+        await h.wait(again.json()["job_status"]["id"])
+        assert await deliveries(h, again.json()["job_status"]["id"]) == []

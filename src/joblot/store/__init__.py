@@ -372,6 +372,11 @@ class Store(Protocol):
         """Queue a new round of attempts of a job's deliveries, due now; how many there
         are, or None if there is no such job."""
 
+    async def job_callback(
+        self, tenant: str, job_id: str, now: float
+    ) -> tuple[str, str | None] | None:
+        """The job's `callback_url` and the base of its status url, if it has a callback."""
+
     async def webhook_secret(
         self, tenant: str, candidate: str, now: float, *, rotate: bool
     ) -> WebhookSecret:

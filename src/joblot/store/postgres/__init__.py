@@ -288,6 +288,13 @@ class PostgresStore:
         async with self._pool.connection() as conn:
             return await webhooks.redeliver(conn, tenant, job_id, now)
 
+    async def job_callback(
+        self, tenant: str, job_id: str, now: float
+    ) -> tuple[str, str | None] | None:
+        """The job's callback_url and status base, if it has a callback."""
+        async with self._pool.connection() as conn:
+            return await webhooks.job_callback(conn, tenant, job_id, now)
+
     async def webhook_secret(
         self, tenant: str, candidate: str, now: float, *, rotate: bool
     ) -> WebhookSecret:

@@ -76,6 +76,14 @@ async def redeliver(conn: Conn, tenant: str, job_id: str, now: float) -> int | N
     return await rowcount(conn, "deliveries.redeliver", params)
 
 
+async def job_callback(
+    conn: Conn, tenant: str, job_id: str, now: float
+) -> tuple[str, str | None] | None:
+    """The job's callback_url and status base, if it has a callback."""
+    row = await fetch_one(conn, "job_callback", {"id": job_id, "tenant": tenant, "now": now})
+    return None if row is None else (row[0], row[1])
+
+
 async def webhook_secret(
     conn: Conn, tenant: str, candidate: str, now: float, *, rotate: bool
 ) -> WebhookSecret:

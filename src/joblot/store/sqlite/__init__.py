@@ -251,6 +251,12 @@ class SQLiteStore:
         """Queue a new round of a job's deliveries, due now; None if there is no such job."""
         return await self._db.write(webhooks.redeliver, tenant, job_id, now)
 
+    async def job_callback(
+        self, tenant: str, job_id: str, now: float
+    ) -> tuple[str, str | None] | None:
+        """The job's callback_url and status base, if it has a callback."""
+        return await self._db.read(webhooks.job_callback, tenant, job_id, now)
+
     async def webhook_secret(
         self, tenant: str, candidate: str, now: float, *, rotate: bool
     ) -> WebhookSecret:

@@ -82,6 +82,12 @@ def redeliver(conn: Conn, tenant: str, job_id: str, now: float) -> int | None:
         )
 
 
+def job_callback(conn: Conn, tenant: str, job_id: str, now: float) -> tuple[str, str | None] | None:
+    """The job's callback_url and status base, if it has a callback."""
+    row = fetch_one(conn, "job_callback", {"id": job_id, "tenant": tenant, "now": now})
+    return None if row is None else (row[0], row[1])
+
+
 def find_secret(conn: Conn, tenant: str) -> WebhookSecret | None:
     """The tenant's secret, if it has one."""
     found = fetch_one(conn, "webhook_secrets.select", {"tenant": tenant})

@@ -556,3 +556,9 @@ SET previous = webhook_secrets.secret, secret = excluded.secret, rotated_at = %(
 
 -- name: webhook_secrets.select
 SELECT secret, previous, rotated_at FROM webhook_secrets WHERE tenant = %(tenant)s;
+
+-- name: job_callback
+-- Where a job's event goes, for a retry of its failed items to send its own event there too.
+SELECT callback_url, public_url FROM jobs
+WHERE id = %(id)s AND tenant = %(tenant)s AND callback_url IS NOT NULL
+  AND (expires_at IS NULL OR expires_at > %(now)s);
