@@ -21,6 +21,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from integration.receiver import Receiver, Reply
+
 from .conftest import run_cli
 
 CHROMIUM = os.environ.get("JOBLOT_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -241,3 +243,44 @@ def test_a_job_whose_progress_has_not_moved_for_a_minute_is_flagged(
     page.clock.fast_forward("02:00")
     expect(row.locator(".flag")).to_have_text(re.compile(r"no progress for 2m"))
     expect(row).to_have_class(re.compile(r"\bstalled\b"))
+
+
+def test_a_job_page_lists_its_webhook_deliveries_and_sends_one_again(
+    start_server: Any, visit: Callable[..., Visitor], joblot_env: dict[str, str]
+) -> None:
+    joblot_env.update(JOBLOT_WEBHOOK_ALLOW_PRIVATE="1", JOBLOT_WEBHOOK_RETRY_SECONDS="0.2")
+    receiver = Receiver()
+    try:
+        receiver.reply(Reply(status=500))  # the first attempt fails, the retry succeeds
+        server = start_server(workers=1)
+        body = {"job_type": "demo.echo", "items": [{"id": 1}], "callback_url": receiver.url}
+        job = server.http.post("/api/v2/jobs", json={"job": body}).json()["job_status"]
+        receiver.wait_for(2)
+        visitor = visit(server)
+        page = visitor.open(f"#/jobs/{job['id']}")
+        delivery = page.locator("details.delivery")
+        expect(delivery).to_contain_text("delivered")
+        expect(delivery).to_contain_text("job.completed")
+        expect(delivery).to_contain_text("2 attempts")
+        delivery.locator("summary").click()
+        attempts = delivery.locator("ol.attempts li")
+        expect(attempts).to_have_count(2)
+        expect(attempts.nth(0)).to_contain_text("HTTP 500")
+        expect(attempts.nth(1)).to_contain_text("HTTP 200")
+        page.get_by_role("button", name="Send again").click()
+        receiver.wait_for(3)
+        expect(page.locator("details.delivery")).to_contain_text("3 attempts")
+        assert visitor.errors == []
+    finally:
+        receiver.close()
+
+
+def test_a_job_without_a_callback_says_it_has_no_deliveries(
+    start_server: Any, visit: Callable[..., Visitor]
+) -> None:
+    server = start_server(workers=1)
+    job = server.submit("demo.echo", [{"id": 1}])
+    server.wait(job["id"])
+    page = visit(server).open(f"#/jobs/{job['id']}")
+    expect(page.locator(".deliveries")).to_contain_text("without a callback_url")
+    expect(page.get_by_role("button", name="Send again")).to_be_hidden()

@@ -1,6 +1,8 @@
-// The job page: progress, message, rate and ETA; the results in pages; cancel (confirmed).
+// The job page: progress, message, rate and ETA; the results in pages; cancel (confirmed);
+// the webhook deliveries of its completion event.
 
 import { call } from "./api.js";
+import { deliveriesPanel } from "./deliveries.js";
 import { badge, clock, count, h, rate, replace, shortId, span, when } from "./dom.js";
 
 const RESULTS_PAGE = 50;
@@ -10,6 +12,7 @@ const ENTRY_KEYS = new Set(["index", "id", "success", "error", "details", "actio
 export function jobView(ctx, id) {
   const path = `job_statuses/${encodeURIComponent(id)}`;
   let job = null;
+  let shownFinished = false; // whether the page last showed the job finished
   const results = { after: null, before: null, loading: false };
 
   const title = h("h1", {}, "Job");
@@ -24,6 +27,7 @@ export function jobView(ctx, id) {
   const prev = h("button", { type: "button", disabled: true, onclick: () => loadResults({ before: results.before }) }, "← Previous");
   const next = h("button", { type: "button", disabled: true, onclick: () => loadResults({ after: results.after }) }, "Next →");
   const refreshButton = h("button", { type: "button", class: "link", onclick: () => loadResults(results.current) }, "Refresh");
+  const deliveries = deliveriesPanel(ctx, path);
   const resultsTable = h(
     "table",
     { class: "results" },
@@ -49,6 +53,7 @@ export function jobView(ctx, id) {
       resultsTable,
       h("div", { class: "pager" }, prev, next),
     ),
+    deliveries.el,
   );
 
   function render() {
@@ -61,6 +66,7 @@ export function jobView(ctx, id) {
     message.textContent = status.message ?? "";
     message.hidden = !status.message;
     cancelButton.hidden = job.finished;
+    shownFinished = job.finished;
     tick();
   }
 
@@ -95,7 +101,7 @@ export function jobView(ctx, id) {
       job = ctx.remember(body.job_status, body.job_stats);
       document.title = `${body.job_status.job_type} ${shortId(id)} · joblot`;
       render();
-      await loadResults({});
+      await Promise.all([loadResults({}), deliveries.refresh(job.finished)]);
     } catch (error) {
       ctx.fail(error);
     }
@@ -149,6 +155,7 @@ export function jobView(ctx, id) {
       const body = await call("POST", `${path}/cancel`);
       job = ctx.remember(body.job_status, body.job_stats);
       render();
+      deliveries.refresh(true);
     } catch (error) {
       ctx.fail(error);
     }
@@ -160,12 +167,17 @@ export function jobView(ctx, id) {
     title: "Job",
     onJob(changed) {
       if (changed.id !== id) return;
-      const wasFinished = job && job.finished;
+      const wasFinished = shownFinished; // `changed` may be `job` itself, already updated
       job = changed;
       render();
-      if (!wasFinished && job.finished) loadResults(results.current || {});
+      if (!wasFinished && job.finished) {
+        loadResults(results.current || {});
+        deliveries.refresh(true);
+      }
     },
     tick,
-    destroy() {},
+    destroy() {
+      deliveries.close();
+    },
   };
 }
