@@ -185,6 +185,11 @@ def test_with_tokens_nothing_shows_before_a_token_and_a_wrong_one_is_refused(
     assert stored == [1, 0, ""]  # the token is in this tab's session storage, nowhere else
     page.reload()  # same tab, same session: no second prompt
     expect(visitor.row(job["id"])).to_be_visible()
+    visitor.open(f"#/jobs/{job['id']}")
+    with page.expect_download() as download:  # fetched with the token header, not in the URL
+        page.get_by_role("button", name="Export JSONL").click()
+    assert '"index":0' in Path(download.value.path()).read_text()
+    assert token not in download.value.url
 
 
 def test_the_list_and_a_job_page_fit_a_phone_screen(
@@ -284,3 +289,35 @@ def test_a_job_without_a_callback_says_it_has_no_deliveries(
     page = visit(server).open(f"#/jobs/{job['id']}")
     expect(page.locator(".deliveries")).to_contain_text("without a callback_url")
     expect(page.get_by_role("button", name="Send again")).to_be_hidden()
+
+
+def test_the_job_page_filters_failures_exports_them_and_retries_them(
+    start_server: Any, visit: Callable[..., Visitor]
+) -> None:
+    server = start_server(workers=1)
+    items: list[dict[str, Any]] = [{"id": i} for i in range(120)]
+    for bad in (7, 70, 111):
+        items[bad]["fail"] = f"row {bad} is bad"
+    job = server.submit("demo.echo", items)
+    server.wait(job["id"])
+    visitor = visit(server)
+    page = visitor.open(f"#/jobs/{job['id']}")
+    rows = page.locator("table.results tbody tr")
+    expect(rows).to_have_count(50)  # the first page of 50, every outcome
+    page.get_by_label("Failures only").check()
+    expect(rows).to_have_count(3)
+    expect(page.locator("table.results tbody tr.failed")).to_have_count(3)
+    expect(rows.nth(1)).to_contain_text("row 70 is bad")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export failures CSV").click()
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0].startswith("index,id,success,error,details")
+    assert [line.split(",")[0] for line in lines[1:]] == ["7", "70", "111"]
+    page.get_by_role("button", name="Retry 3 failed items").click()
+    page.locator("dialog.confirm").get_by_role("button", name="Retry them").click()
+    expect(page).not_to_have_url(re.compile(job["id"]))
+    retried = page.url.rsplit("/", 1)[1]
+    expect(page.locator(f'section[data-job-id="{retried}"] progress')).to_have_attribute("max", "3")
+    final = server.wait(retried)
+    assert [e["id"] for e in final["results"]] == [7, 70, 111]
+    assert visitor.errors == []

@@ -83,12 +83,15 @@ export async function call(method, path, { query, body } = {}) {
   return response.status === 204 ? null : response.json();
 }
 
-/** Save what an API path answers as a file. Without a token a plain link would do; with
- *  one, the file is fetched with the Authorization header and handed over as a blob. */
-export async function download(path, query, filename) {
+/** Save what an API path answers as a file, named as the server says (Content-Disposition)
+ *  or `fallback`. Without a token a plain link would do; with one, the file is fetched with
+ *  the Authorization header and handed over as a blob. */
+export async function download(path, query, fallback) {
   const response = await fetch(apiUrl(path, query), { headers: headers({ Accept: "*/*" }) });
   if (!response.ok) throw await failure(response);
+  const named = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
   const url = URL.createObjectURL(await response.blob());
+  const filename = named ? named[1] : fallback;
   const link = Object.assign(document.createElement("a"), { href: url, download: filename });
   document.body.append(link);
   link.click();

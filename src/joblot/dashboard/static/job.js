@@ -1,7 +1,8 @@
-// The job page: progress, message, rate and ETA; the results in pages; cancel (confirmed);
-// the webhook deliveries of its completion event.
+// The job page: progress, message, rate and ETA; the results in pages, failures only if
+// asked; cancel (confirmed), retry the failed items, export (what the filter shows); the
+// webhook deliveries of its completion event.
 
-import { call } from "./api.js";
+import { call, download } from "./api.js";
 import { deliveriesPanel } from "./deliveries.js";
 import { badge, clock, count, h, rate, replace, shortId, span, when } from "./dom.js";
 
@@ -13,7 +14,7 @@ export function jobView(ctx, id) {
   const path = `job_statuses/${encodeURIComponent(id)}`;
   let job = null;
   let shownFinished = false; // whether the page last showed the job finished
-  const results = { after: null, before: null, loading: false };
+  const results = { after: null, before: null, failuresOnly: false, loading: false };
 
   const title = h("h1", {}, "Job");
   const statusEl = h("span");
@@ -22,6 +23,11 @@ export function jobView(ctx, id) {
   const facts = h("dl", { class: "facts" });
   const message = h("p", { class: "message" });
   const cancelButton = h("button", { type: "button", class: "danger", hidden: true, onclick: cancel }, "Cancel job…");
+  const retryButton = h("button", { type: "button", hidden: true, onclick: retry }, "Retry failed items");
+  const exports = ["jsonl", "csv"].map((format) =>
+    h("button", { type: "button", dataset: { format }, onclick: () => exportAs(format) }, `Export ${format.toUpperCase()}`),
+  );
+  const failuresOnly = h("input", { type: "checkbox", id: "failures-only", onchange: onFilter });
   const resultsBody = h("tbody");
   const resultsNote = h("p", { class: "muted" });
   const prev = h("button", { type: "button", disabled: true, onclick: () => loadResults({ before: results.before }) }, "← Previous");
@@ -44,11 +50,17 @@ export function jobView(ctx, id) {
     bar,
     facts,
     message,
-    h("div", { class: "actions" }, cancelButton),
+    h("div", { class: "actions" }, cancelButton, retryButton, ...exports),
     h(
       "section",
       { class: "panel" },
-      h("div", { class: "panel-head" }, h("h2", {}, "Results"), refreshButton),
+      h(
+        "div",
+        { class: "panel-head" },
+        h("h2", {}, "Results"),
+        h("label", { class: "check" }, failuresOnly, " Failures only"),
+        refreshButton,
+      ),
       resultsNote,
       resultsTable,
       h("div", { class: "pager" }, prev, next),
@@ -67,6 +79,9 @@ export function jobView(ctx, id) {
     message.hidden = !status.message;
     cancelButton.hidden = job.finished;
     shownFinished = job.finished;
+    const failures = job.failures;
+    retryButton.hidden = !job.finished || !failures;
+    retryButton.textContent = `Retry ${count(failures)} failed item${failures === 1 ? "" : "s"}`;
     tick();
   }
 
@@ -113,13 +128,14 @@ export function jobView(ctx, id) {
     results.current = page;
     try {
       const query = { "page[size]": RESULTS_PAGE, "page[after]": page.after, "page[before]": page.before };
+      if (results.failuresOnly) query.success = "false";
       const body = await call("GET", `${path}/results`, { query });
       replace(resultsBody, body.results.map(resultRow));
       results.after = body.meta.after_cursor;
       results.before = body.meta.before_cursor;
       next.disabled = !body.links.next;
       prev.disabled = !body.links.prev;
-      const none = "No results yet.";
+      const none = results.failuresOnly ? "No failed items." : "No results yet.";
       resultsNote.textContent = body.results.length ? (job && !job.finished ? "Results so far." : "") : none;
       resultsTable.hidden = body.results.length === 0;
     } catch (error) {
@@ -142,6 +158,42 @@ export function jobView(ctx, id) {
       cell("Details", entry.details ?? "", "details"),
       cell("Other", Object.keys(other).length ? JSON.stringify(other) : "", "mono other"),
     );
+  }
+
+  function onFilter() {
+    results.failuresOnly = failuresOnly.checked;
+    for (const button of exports) {
+      const what = results.failuresOnly ? " failures" : "";
+      button.textContent = `Export${what} ${button.dataset.format.toUpperCase()}`;
+    }
+    loadResults({});
+  }
+
+  async function retry() {
+    const failures = count(job.failures);
+    const ok = await ctx.confirm(
+      "Retry the failed items?",
+      `This submits a new ${job.status.job_type} job of the ${failures} failed items, as they were first submitted.`,
+      "Retry them",
+    );
+    if (!ok) return;
+    try {
+      const body = await call("POST", `${path}/retry`);
+      ctx.remember(body.job_status, body.job_stats);
+      ctx.navigate(`#/jobs/${encodeURIComponent(body.job_status.id)}`);
+    } catch (error) {
+      ctx.fail(error);
+    }
+  }
+
+  async function exportAs(format) {
+    const query = { format, success: results.failuresOnly ? "false" : null };
+    const part = results.failuresOnly ? "failures" : "results";
+    try {
+      await download(`${path}/results/export`, query, `job-${id}-${part}.${format}`);
+    } catch (error) {
+      ctx.fail(error);
+    }
   }
 
   async function cancel() {
