@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 XSS = "<img src=x onerror=alert(1)>"
+# The machine running the suite may be busy: wait generously for what the page must show.
+expect.set_options(timeout=20_000)
 PHONE: ViewportSize = {"width": 390, "height": 844}
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 
@@ -95,6 +98,7 @@ def visit(browser: Browser) -> Iterator[Callable[..., Visitor]]:
 
     def open_on(server: Any, viewport: ViewportSize = DESKTOP) -> Visitor:
         context = browser.new_context(viewport=viewport)
+        context.set_default_timeout(30_000)
         contexts.append(context)
         return Visitor(context.new_page(), server.url)
 
@@ -168,6 +172,15 @@ def test_with_tokens_nothing_shows_before_a_token_and_a_wrong_one_is_refused(
     job = server.http.post(
         "/api/v2/jobs", headers=headers, json={"job": {"job_type": "demo.echo", "items": [{}]}}
     ).json()["job_status"]
+    deadline = time.monotonic() + 60
+    while (
+        server.http.get(f"/api/v2/job_statuses/{job['id']}", headers=headers).json()["job_status"][
+            "status"
+        ]
+        != "completed"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     visitor = visit(server)
     page = visitor.open()
     expect(page.get_by_label("API token")).to_be_visible()
@@ -214,7 +227,7 @@ def test_the_list_filters_by_status_and_type_on_the_server(
     server = start_server(workers=1)
     echo = server.submit("demo.echo", [{"id": 1}])
     server.wait(echo["id"])
-    sleeping = server.submit("demo.sleep", [{"id": i, "seconds": 0.5} for i in range(40)])
+    sleeping = server.submit("demo.sleep", [{"id": i, "seconds": 0.5} for i in range(160)])
     server.wait(sleeping["id"], until=("working",))
     visitor = visit(server)
     page = visitor.open("#/?status=queued,working")
@@ -237,7 +250,7 @@ def test_a_job_whose_progress_has_not_moved_for_a_minute_is_flagged(
     start_server: Any, visit: Callable[..., Visitor]
 ) -> None:
     server = start_server(workers=1)
-    slow = server.submit("demo.sleep", [{"id": 1, "seconds": 4}, {"id": 2, "seconds": 4}])
+    slow = server.submit("demo.sleep", [{"id": 1, "seconds": 8}, {"id": 2, "seconds": 8}])
     server.wait(slow["id"], until=("working",))
     visitor = visit(server)
     visitor.page.clock.install()  # the browser's clock, so a minute can pass at once
