@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -123,10 +125,17 @@ class App:
 
 
 def load_app(spec: str) -> App:
-    """Import the App named by `MODULE:ATTR` (e.g. `myproject.jobs:app`)."""
+    """Import the App named by `MODULE:ATTR` (e.g. `myproject.jobs:app`).
+
+    The current folder is put first on the import path, as uvicorn, gunicorn and celery do,
+    so `--app myproject.jobs:app` works from the project's folder without PYTHONPATH.
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--app takes MODULE:ATTR, got {spec!r}")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

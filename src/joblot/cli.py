@@ -200,11 +200,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print jobs, unfinished first, one line each, with how many items failed."""
+    print(f"{'ID':32}  {'JOB TYPE':20}  {'STATUS':9}  {'PROGRESS':>15}  {'FAILED':>7}  MESSAGE")
+    if args.limit == 0:
+        return 0
     with _client(args) as client:
         reports = client.reports(
             page_size=min(args.limit, 100), status=args.status, job_type=args.type
         )
-        print(f"{'ID':32}  {'JOB TYPE':20}  {'STATUS':9}  {'PROGRESS':>15}  {'FAILED':>7}  MESSAGE")
         for count, report in enumerate(reports, 1):
             status, stats = report.job_status, report.job_stats
             done = "-" if status.progress is None else str(status.progress)
@@ -314,6 +316,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------
+
+
+def _count(text: str) -> int:
+    """A whole number of 0 or more, for argparse."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+    return number
 
 
 def _server_flags(p: argparse.ArgumentParser, *, app: bool = True) -> None:
@@ -453,7 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--interval", type=float, default=0.5, help="seconds between refreshes")
     _result_commands(command)
     p = command("list", cmd_list, "list jobs, unfinished first")
-    p.add_argument("--limit", type=int, default=100, help="show at most this many (100)")
+    p.add_argument(
+        "--limit", type=_count, default=100, metavar="N", help="show at most N jobs (100)"
+    )
     p.add_argument(
         "--status",
         type=_statuses,

@@ -8,6 +8,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -232,15 +233,37 @@ class WorkerPool:
                 proc.wait()
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` and listening, or ConfigError saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
 def serve(settings: Settings) -> None:
     """The HTTP API in this process plus `settings.workers` worker processes."""
     app = load_app(settings.app)
+    # The port first: a busy port fails before anything touches the database.
+    sock = listen(settings.host, settings.port)
     loop = asyncio.new_event_loop()
-    store = loop.run_until_complete(prepare_store(settings, migrate_if_empty=True))
+    try:
+        store = loop.run_until_complete(prepare_store(settings, migrate_if_empty=True))
+    except BaseException:
+        sock.close()
+        raise
     try:
         loop.run_until_complete(check_exposure(store, settings))
     except ConfigError:
         loop.run_until_complete(store.close())
+        sock.close()
         raise
     service = Service(store, app, settings)
     pool = WorkerPool(settings, settings.workers)
@@ -273,7 +296,7 @@ def serve(settings: Settings) -> None:
     )
     try:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(uvicorn.Server(config).serve())
+        loop.run_until_complete(uvicorn.Server(config).serve(sockets=[sock]))
     finally:
         pool.stop()
         loop.close()

@@ -35,16 +35,27 @@ def free_port() -> int:
 class Server:
     """A running `joblot serve` process."""
 
-    def __init__(self, db: str, workers: int, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        db: str,
+        workers: int,
+        env: dict[str, str],
+        log: Path,
+        *,
+        args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = db
         self.env = env
         self.log = log
         self._out = log.open("ab")
+        command = [JOBLOT, "serve", "--db", db, "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [JOBLOT, "serve", "--db", db, "--port", str(self.port), "--workers", str(workers)],
+            [*command, "--workers", str(workers), *args],
             env=env,
+            cwd=cwd,
             stdout=self._out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -141,11 +152,19 @@ def start_server(tmp_path: Path, joblot_env: dict[str, str]) -> Iterator[Any]:
     """Start `joblot serve` processes; all are stopped at the end of the test."""
     servers: list[Server] = []
 
-    def start(workers: int = 1, db: str | None = None, **env: str) -> Server:
-        """`env` adds JOBLOT_* (or other) variables to this server's environment."""
+    def start(
+        workers: int = 1,
+        db: str | None = None,
+        *,
+        args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+        **env: str,
+    ) -> Server:
+        """`env` adds JOBLOT_* (or other) variables to this server's environment; `args` are
+        more `joblot serve` flags, `cwd` its working folder."""
         database = db or f"sqlite:///{tmp_path}/joblot.db"
         log = tmp_path / f"serve{len(servers)}.log"
-        server = Server(database, workers, {**joblot_env, **env}, log)
+        server = Server(database, workers, {**joblot_env, **env}, log, args=args, cwd=cwd)
         servers.append(server)
         return server
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
-from .conftest import run_cli
+from .conftest import free_port, run_cli
 
 
 def _env(env: dict[str, str], server: Any) -> dict[str, str]:
@@ -130,3 +131,64 @@ def test_client_commands_send_the_token(
     job_id = json.loads(submitted.stdout)["job_status"]["id"]
     watched = run_cli("watch", job_id, env={**env, "JOBLOT_TOKEN": token})
     assert watched.returncode == 0 and "Completed at" in watched.stdout
+
+
+def test_list_limit_zero_prints_only_the_header_and_a_negative_limit_is_a_usage_error(
+    start_server: Any, joblot_env: dict[str, str]
+) -> None:
+    server = start_server(workers=0)
+    env = _env(joblot_env, server)
+    assert run_cli("submit", "demo.echo", env=env, stdin='[{"id": 1}]').returncode == 0
+    listed = run_cli("list", "--limit", "0", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [listed.stdout.splitlines()[0]]
+    assert listed.stdout.startswith("ID") and "Traceback" not in listed.stderr
+    one = run_cli("list", "--limit", "1", env=env)
+    assert one.returncode == 0 and len(one.stdout.splitlines()) == 2
+    negative = run_cli("list", "--limit", "-1", env=env)
+    assert negative.returncode == 2 and "0 or more" in negative.stderr
+
+
+PROJECT_JOBS = """
+from joblot import App
+
+app = App()
+
+
+@app.job_type("project.shout")
+def shout(item, ctx):
+    return {"said": str(item["word"]).upper()}
+"""
+
+
+def test_an_app_in_the_current_folder_loads_without_pythonpath(
+    start_server: Any, joblot_env: dict[str, str], tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    (project / "myproject").mkdir(parents=True)
+    (project / "myproject" / "__init__.py").write_text("")
+    (project / "myproject" / "jobs.py").write_text(PROJECT_JOBS)
+    assert "PYTHONPATH" not in joblot_env
+    server = start_server(workers=1, args=("--app", "myproject.jobs:app"), cwd=project)
+    job = server.submit("project.shout", [{"word": "hi"}])
+    final = server.wait(job["id"])
+    assert final["status"] == "completed", final
+    assert final["results"][0]["said"] == "HI"
+
+
+def test_serve_on_a_busy_port_fails_before_touching_the_database(
+    joblot_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        db = tmp_path / "never.db"
+        refused = run_cli(
+            "serve", "--db", f"sqlite:///{db}", "--port", str(port), "--workers", "0",
+            env=joblot_env, timeout=30,
+        )  # fmt: skip
+    assert refused.returncode == 1, refused.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
+    assert "serving on" not in refused.stderr and "migration" not in refused.stderr
+    assert not db.exists()
