@@ -12,7 +12,7 @@ from typing import Any
 
 from joblot.errors import ConfigError
 from joblot.logs import LOG_FORMATS
-from joblot.store import backend_for
+from joblot.store import SQLITE_SYNC_MODES, backend_for
 
 DEFAULT_DATABASE_URL = "sqlite:///joblot.db"
 DEFAULT_APP = "joblot.demo:app"
@@ -43,6 +43,8 @@ class Settings:
     rate_limit_per_minute: int = 700  # requests a token may make, per API process
     insecure: bool = False  # allow serving without tokens on a non-loopback address
     pool_size: int = 10  # PostgreSQL connections per process, at most
+    sqlite_sync: str = "group"  # how SQLite syncs acknowledged writes: group|transaction|database
+    allow_fsync_off: bool = False  # serve from a PostgreSQL running with fsync = off anyway
     log_level: str = "info"
     log_format: str = "text"  # `text`, or `json`: every log line one JSON object
     # Completion webhooks (docs/security.md): callbacks to private addresses are refused
@@ -86,6 +88,11 @@ class Settings:
             raise ConfigError("webhook_retry_seconds must be one or more delays of 0 s or more")
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {self.workers}")
+        if self.sqlite_sync not in SQLITE_SYNC_MODES:
+            raise ConfigError(
+                f"sqlite_sync must be one of {', '.join(SQLITE_SYNC_MODES)}, "
+                f"got {self.sqlite_sync!r}"
+            )
         if backend_for(self.database_url) is None:
             raise ConfigError(
                 f"unsupported database URL {self.database_url!r}: "

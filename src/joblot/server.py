@@ -38,10 +38,17 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logs.configure(level, log_format)
 
 
+def store_for(settings: Settings) -> Store:
+    """The store `settings` name (not yet opened: backends connect on first use)."""
+    return open_store(settings.database_url, settings.pool_size, sqlite_sync=settings.sqlite_sync)
+
+
 async def prepare_store(settings: Settings, *, migrate_if_empty: bool) -> Store:
-    """Open the store and check its schema; an empty database is migrated when allowed."""
-    store = open_store(settings.database_url, settings.pool_size)
+    """Open the store, check that it keeps what it acknowledges and check its schema; an empty
+    database is migrated when allowed."""
+    store = store_for(settings)
     try:
+        await check_durability(store, settings)
         applied, latest = await store.schema_version()
         if applied == 0 and migrate_if_empty:
             log.info("empty database: applying %d migration(s)", latest)
@@ -55,6 +62,30 @@ async def prepare_store(settings: Settings, *, migrate_if_empty: bool) -> Store:
         await store.close()
         raise
     return store
+
+
+async def check_durability(store: Store, settings: Settings) -> None:
+    """Refuse a database that may lose what joblot acknowledged; warn where joblot makes up
+    for a setting itself."""
+    found = await store.durability_settings()
+    if found.get("fsync") == "off":
+        if not settings.allow_fsync_off:
+            raise ConfigError(
+                "PostgreSQL runs with fsync = off: a crash of its machine can lose or corrupt "
+                "jobs that joblot acknowledged. Turn fsync on, or set JOBLOT_ALLOW_FSYNC_OFF=1 "
+                "for a database you can afford to lose"
+            )
+        log.warning(
+            "PostgreSQL runs with fsync = off (JOBLOT_ALLOW_FSYNC_OFF is set): a crash of the "
+            "database machine can lose or corrupt acknowledged jobs"
+        )
+    if found.get("synchronous_commit") == "off":
+        log.warning(
+            "PostgreSQL runs with synchronous_commit = off: joblot commits what it answers "
+            "to clients (submits, cancels, tokens) with synchronous_commit = on itself; "
+            "workers' results committed just before a database crash may be lost, and are "
+            "then run again"
+        )
 
 
 async def create_token(settings: Settings, tenant: str) -> str:
@@ -120,7 +151,7 @@ async def check_exposure(store: Store, settings: Settings) -> None:
 
 async def migrate(settings: Settings) -> list[int]:
     """Bring the database schema up to date; return the migrations applied."""
-    store = open_store(settings.database_url, settings.pool_size)
+    store = store_for(settings)
     try:
         return await store.migrate()
     finally:

@@ -49,16 +49,17 @@ class ScratchCluster:
     root: Path
     port: int
     url: str
+    settings: tuple[str, ...] = ()  # server settings `name=value`, e.g. "fsync=off"
 
     @classmethod
-    def create(cls) -> ScratchCluster:
-        """Make and start a new server; `destroy()` removes it."""
+    def create(cls, *settings: str) -> ScratchCluster:
+        """Make and start a new server with `settings`; `destroy()` removes it."""
         if not PG_BINARIES or shutil.which("runuser") is None:
             skip_or_fail("a scratch PostgreSQL server needs Debian's postgresql and runuser")
         root = Path(tempfile.mkdtemp(prefix="joblot-pg-"))
         shutil.chown(root, "postgres", "postgres")
         port = free_port()
-        cluster = cls(root, port, f"postgresql://postgres@127.0.0.1:{port}/postgres")
+        cluster = cls(root, port, f"postgresql://postgres@127.0.0.1:{port}/postgres", settings)
         made = _as_postgres(
             str(PG_BINARIES[-1] / "initdb"), "-D", str(root / "data"), "-A", "trust",
             "-U", "postgres", "-E", "UTF8", "--no-sync",
@@ -73,7 +74,8 @@ class ScratchCluster:
         return _as_postgres(str(PG_BINARIES[-1] / "pg_ctl"), "-D", str(self.root / "data"), *args)
 
     def _launch(self) -> subprocess.CompletedProcess[str]:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        extra = "".join(f" -c {setting}" for setting in self.settings)
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1{extra}"
         return self._ctl("-l", str(self.root / "server.log"), "-o", options, "-w", "start")
 
     def start(self) -> None:

@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import psycopg
@@ -201,3 +202,20 @@ async def test_racing_workers_and_requeues_record_each_item_exactly_once(
     assert (final.status, final.progress) == (Status.COMPLETED, 300)
     assert sum(recorded) == 300  # every accepted batch counted, no refused one
     assert [orjson.loads(e)["index"] for e in final.results] == list(range(300))
+
+
+async def test_acknowledged_writes_commit_synchronously_on_a_server_that_does_not(
+    pg_url: str,
+) -> None:
+    # the URL's options end with the schema's search_path; this session also turns commits async
+    off_url = pg_url + quote(" -c synchronous_commit=off", safe="")
+    store = PostgresStore(off_url)
+    try:
+        await store.migrate()
+        assert await store.durability_settings() == {"fsync": "on", "synchronous_commit": "off"}
+        async with store._pool.acknowledged() as conn:
+            assert await (await conn.execute("SHOW synchronous_commit")).fetchone() == ("on",)
+        async with store._pool.transaction() as conn:  # what workers' writes use
+            assert await (await conn.execute("SHOW synchronous_commit")).fetchone() == ("off",)
+    finally:
+        await store.close()

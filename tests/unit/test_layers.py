@@ -100,6 +100,8 @@ ONLY_SQLITE = {
     "submit_job.insert_item": "executemany; PostgreSQL streams items with COPY",
 }
 ONLY_POSTGRES = {
+    "acknowledged.synchronous_commit": "SQLite syncs acknowledged writes in Database.write",
+    "durability.settings": "the server's fsync and synchronous_commit; SQLite has no server",
     "claim_items.any_runnable": "a lock-free probe before the claim transaction",
     "finish_items.record": "the whole batch as arrays in one round trip",
     "finish_items.lease_held": "re-checked under the job row lock: writers run in parallel",

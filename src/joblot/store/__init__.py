@@ -19,6 +19,10 @@ T = TypeVar("T")
 
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+# How SQLite puts acknowledged writes on disk: `group` commits (one WAL sync shared by the
+# writes acknowledged at the same moment), `transaction` (each of them commits with
+# synchronous = FULL), or `database` (every commit with FULL, workers' results too).
+SQLITE_SYNC_MODES = ("group", "transaction", "database")
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,10 @@ class Store(Protocol):
     async def schema_version(self) -> tuple[int, int]:
         """(applied, latest) migration numbers."""
 
+    async def durability_settings(self) -> dict[str, str]:
+        """The database server's settings that decide whether a commit is on disk when it
+        returns (PostgreSQL: `fsync`, `synchronous_commit`); empty where there are none."""
+
     async def submit_job(self, job: NewJob) -> tuple[JobRow, bool]:
         """Store a job and its items; with a known idempotency key return the existing job."""
 
@@ -414,8 +422,9 @@ def backend_for(database_url: str) -> str | None:
     return None
 
 
-def open_store(database_url: str, pool_size: int = 10) -> Store:
-    """The backend for `database_url`; `pool_size` bounds a PostgreSQL store's connections.
+def open_store(database_url: str, pool_size: int = 10, *, sqlite_sync: str = "group") -> Store:
+    """The backend for `database_url`; `pool_size` bounds a PostgreSQL store's connections,
+    `sqlite_sync` is how a SQLite store syncs acknowledged writes (`SQLITE_SYNC_MODES`).
 
     Backends are imported here, when chosen, so psycopg is loaded only by PostgreSQL users.
     """
@@ -423,7 +432,7 @@ def open_store(database_url: str, pool_size: int = 10) -> Store:
     if backend == "sqlite":
         from joblot.store.sqlite import SQLiteStore
 
-        return SQLiteStore(database_url.removeprefix(SQLITE_PREFIX))
+        return SQLiteStore(database_url.removeprefix(SQLITE_PREFIX), sync=sqlite_sync)
     if backend == "postgres":
         from joblot.store.postgres import PostgresStore
 

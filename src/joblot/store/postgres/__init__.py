@@ -68,11 +68,17 @@ class PostgresStore:
         async with self._pool.connection() as conn:
             return await connection.schema_version(conn)
 
+    async def durability_settings(self) -> dict[str, str]:
+        """The server's `fsync` and `synchronous_commit`."""
+        async with self._pool.connection() as conn:
+            return await connection.durability_settings(conn)
+
     # -- what clients do ----------------------------------------------------------------------
+    # Writes answered to a client run in `acknowledged` transactions: on disk before the answer.
 
     async def submit_job(self, job: NewJob) -> tuple[JobRow, bool]:
         """Insert the job and its items in one transaction (or find the idempotent twin)."""
-        async with self._pool.connection() as conn:
+        async with self._pool.acknowledged() as conn:
             return await clients.submit_job(conn, job)
 
     async def get_job(self, tenant: str, job_id: str, now: float, inline: int) -> JobRow | None:
@@ -151,14 +157,14 @@ class PostgresStore:
         self, tenant: str | None, job_id: str, *, message: str | None, now: float, retention: float
     ) -> bool:
         """Fail an unfinished job; False when there is no such job for this tenant."""
-        async with self._pool.connection() as conn:
+        async with self._pool.acknowledged() as conn:
             return await clients.stop_job(
                 conn, tenant, job_id, message=message, now=now, retention=retention
             )
 
     async def create_token(self, token_id: str, tenant: str, digest: str, now: float) -> None:
         """Store a new token's digest."""
-        async with self._pool.connection() as conn:
+        async with self._pool.acknowledged() as conn:
             await clients.create_token(conn, token_id, tenant, digest, now)
 
     async def list_tokens(self) -> list[TokenRow]:
@@ -168,7 +174,7 @@ class PostgresStore:
 
     async def revoke_token(self, token_id: str, now: float) -> bool:
         """Revoke a live token."""
-        async with self._pool.connection() as conn:
+        async with self._pool.acknowledged() as conn:
             return await clients.revoke_token(conn, token_id, now)
 
     async def find_token(self, digest: str) -> tuple[str, str] | None:
@@ -256,6 +262,7 @@ class PostgresStore:
             return await maintenance.try_lead(conn, chore, holder, now, until)
 
     # -- webhook deliveries -------------------------------------------------------------------
+    # A redelivery and a secret are answered to a client: acknowledged transactions.
 
     async def claim_deliveries(
         self, *, limit: int, now: float, lease_seconds: float
@@ -285,7 +292,7 @@ class PostgresStore:
 
     async def redeliver(self, tenant: str, job_id: str, now: float) -> int | None:
         """Queue a new round of a job's deliveries, due now; None if there is no such job."""
-        async with self._pool.connection() as conn:
+        async with self._pool.acknowledged() as conn:
             return await webhooks.redeliver(conn, tenant, job_id, now)
 
     async def job_callback(
@@ -299,5 +306,5 @@ class PostgresStore:
         self, tenant: str, candidate: str, now: float, *, rotate: bool
     ) -> WebhookSecret:
         """The tenant's signing secret, created on first use (or rotated)."""
-        async with self._pool.connection() as conn:
+        async with self._pool.acknowledged() as conn:
             return await webhooks.webhook_secret(conn, tenant, candidate, now, rotate=rotate)

@@ -79,25 +79,24 @@ def insert_job_sync(conn: psycopg.Connection[Any], job: NewJob) -> bool:
 
 
 async def submit_job(conn: Conn, job: NewJob) -> tuple[JobRow, bool]:
-    """Insert the job and its items in one transaction (or find the idempotent twin)."""
-    async with conn.transaction():
-        if job.idempotency_key is not None:
-            existing = await _find_idempotent(conn, job)
-            if existing is not None:
-                return existing, False
-        if job.max_active_jobs is not None:
-            await rowcount(conn, "submit_job.lock_tenant", {"tenant": job.tenant})
-            found = await fetch_one(conn, "submit_job.count_active", {"tenant": job.tenant})
-            active = 0 if found is None else found[0]
-            if active >= job.max_active_jobs:
-                raise too_many_jobs(active)
-        if await insert_job(conn, job):
-            return queued_row(job), True
-        # A concurrent submit with the same key committed first: answer with its job.
+    """Insert the job and its items in the caller's transaction (or find the idempotent twin)."""
+    if job.idempotency_key is not None:
         existing = await _find_idempotent(conn, job)
-        if existing is None:
-            raise Unavailable("a submission with this Idempotency-Key was in flight; retry")
-        return existing, False
+        if existing is not None:
+            return existing, False
+    if job.max_active_jobs is not None:
+        await rowcount(conn, "submit_job.lock_tenant", {"tenant": job.tenant})
+        found = await fetch_one(conn, "submit_job.count_active", {"tenant": job.tenant})
+        active = 0 if found is None else found[0]
+        if active >= job.max_active_jobs:
+            raise too_many_jobs(active)
+    if await insert_job(conn, job):
+        return queued_row(job), True
+    # A concurrent submit with the same key committed first: answer with its job.
+    existing = await _find_idempotent(conn, job)
+    if existing is None:
+        raise Unavailable("a submission with this Idempotency-Key was in flight; retry")
+    return existing, False
 
 
 async def _find_idempotent(conn: Conn, job: NewJob) -> JobRow | None:
@@ -206,20 +205,20 @@ async def stop_job(
     now: float,
     retention: float,
 ) -> bool:
-    """Fail an unfinished job; False when there is no such job for this tenant."""
-    async with conn.transaction():
-        if tenant is None:
-            row = await fetch_one(conn, "job_state.select", {"id": job_id})
-        else:
-            params = {"id": job_id, "tenant": tenant, "now": now}
-            row = await fetch_one(conn, "job_state.select_for_tenant", params)
-        if row is None:
-            return False
-        old = state_from_row(row)
-        if old.status.finished:
-            raise job_finished(job_id, old.status)
-        new = after_stop(old, message)
-        await save_state(conn, job_id, old, new, now=now, retention=retention)
+    """Fail an unfinished job, in the caller's transaction; False when there is no such job
+    for this tenant."""
+    if tenant is None:
+        row = await fetch_one(conn, "job_state.select", {"id": job_id})
+    else:
+        params = {"id": job_id, "tenant": tenant, "now": now}
+        row = await fetch_one(conn, "job_state.select_for_tenant", params)
+    if row is None:
+        return False
+    old = state_from_row(row)
+    if old.status.finished:
+        raise job_finished(job_id, old.status)
+    new = after_stop(old, message)
+    await save_state(conn, job_id, old, new, now=now, retention=retention)
     return True
 
 

@@ -97,6 +97,7 @@ class Pool:
         self._timeout = timeout
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._opening = asyncio.Lock()
+        self._async_commit: bool | None = None  # the server's synchronous_commit is off
 
     async def _open(self) -> AsyncConnectionPool[Conn]:
         async with self._opening:
@@ -136,11 +137,33 @@ class Pool:
         async with self.connection() as conn, conn.transaction():
             yield conn
 
+    @asynccontextmanager
+    async def acknowledged(self) -> AsyncIterator[Conn]:
+        """A transaction whose success is answered to a client: its commit is on disk when
+        it returns, even on a server that runs with `synchronous_commit = off`."""
+        async with self.transaction() as conn:
+            if await self._commits_async(conn):
+                await conn.execute(SQL["acknowledged.synchronous_commit"])
+            yield conn
+
+    async def _commits_async(self, conn: Conn) -> bool:
+        if self._async_commit is None:
+            settings = await durability_settings(conn)
+            self._async_commit = settings["synchronous_commit"] == "off"
+        return self._async_commit
+
     async def close(self) -> None:
         """Close every pooled connection."""
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+async def durability_settings(conn: Conn) -> dict[str, str]:
+    """The server's `fsync` and `synchronous_commit`, as this connection sees them."""
+    row = await fetch_one(conn, "durability.settings")
+    assert row is not None
+    return {"fsync": str(row[0]), "synchronous_commit": str(row[1])}
 
 
 async def migrate(conn: Conn) -> list[int]:

@@ -31,8 +31,8 @@ from joblot.store.sqlite import clients, connection, maintenance, webhooks, work
 class SQLiteStore:
     """Store on one SQLite file."""
 
-    def __init__(self, path: str) -> None:
-        self._db = connection.Database(path)
+    def __init__(self, path: str, *, sync: str = "group") -> None:
+        self._db = connection.Database(path, sync=sync)
 
     async def close(self) -> None:
         """Close every connection and stop the threads."""
@@ -53,7 +53,12 @@ class SQLiteStore:
         """(applied, latest) migration numbers."""
         return await self._db.read(connection.schema_version)
 
+    async def durability_settings(self) -> dict[str, str]:
+        """Differs by necessity from PostgreSQL: no server settings; `Database.write` syncs."""
+        return {}
+
     # -- what clients do ----------------------------------------------------------------------
+    # Their writes are answered to a client, so `write` puts them on disk first.
 
     async def submit_job(self, job: NewJob) -> tuple[JobRow, bool]:
         """Insert the job and its items in one transaction (or find the idempotent twin)."""
@@ -154,12 +159,14 @@ class SQLiteStore:
         return await self._db.read(clients.count_tokens)
 
     # -- what workers do ----------------------------------------------------------------------
+    # Their writes are redoable (not synced before returning): no client is told about them,
+    # and leases fence them, so what a power cut takes back is run again, never counted twice.
 
     async def claim_items(
         self, worker_id: str, job_types: list[str], *, limit: int, now: float, lease_seconds: float
     ) -> Claim | None:
         """Lease a batch of the least recently served runnable job."""
-        return await self._db.write(
+        return await self._db.write_redoable(
             work.claim_items,
             worker_id,
             job_types,
@@ -180,7 +187,7 @@ class SQLiteStore:
         abort: str | None = None,
     ) -> FinishOutcome:
         """Record results if the lease is still held; otherwise refuse them all."""
-        return await self._db.write(
+        return await self._db.write_redoable(
             work.finish_items,
             lease_id,
             items,
@@ -195,17 +202,19 @@ class SQLiteStore:
         """Extend the leases still held; a lapsed one is not revived."""
         if not lease_ids:
             return set()
-        return await self._db.write(work.renew_leases, lease_ids, now, until)
+        return await self._db.write_redoable(work.renew_leases, lease_ids, now, until)
 
     async def release_lease(self, lease_id: int, now: float) -> int:
         """Give back the unstarted items of a lease at once (a worker stopping cleanly)."""
-        return await self._db.write(work.release_lease, lease_id, now)
+        return await self._db.write_redoable(work.release_lease, lease_id, now)
 
     # -- cluster-wide chores ------------------------------------------------------------------
 
     async def requeue_expired(self, now: float, max_attempts: int, retention: float) -> int:
         """Return the items of lapsed leases to the queue; fail those out of attempts."""
-        return await self._db.write(maintenance.requeue_expired, now, max_attempts, retention)
+        return await self._db.write_redoable(
+            maintenance.requeue_expired, now, max_attempts, retention
+        )
 
     async def lapsed_leases(self, now: float) -> list[LapsedLease]:
         """The leases requeue_expired would requeue at `now`, with their jobs and workers."""
@@ -213,7 +222,7 @@ class SQLiteStore:
 
     async def purge_expired(self, now: float) -> int:
         """Delete jobs past their retention, in short transactions."""
-        return await self._db.write(maintenance.purge_expired, now)
+        return await self._db.write_redoable(maintenance.purge_expired, now)
 
     async def metric_counts(self, now: float) -> MetricCounts:
         """Counts of every job, live leases and the metric totals, in one read snapshot."""
@@ -221,25 +230,27 @@ class SQLiteStore:
 
     async def try_lead(self, chore: str, holder: str, now: float, until: float) -> bool:
         """Take or keep the lead of a chore; one process per file holds it at a time."""
-        return await self._db.write(maintenance.try_lead, chore, holder, now, until)
+        return await self._db.write_redoable(maintenance.try_lead, chore, holder, now, until)
 
     # -- webhook deliveries -------------------------------------------------------------------
+    # Attempts are redoable (a lost outcome means the event is sent again, with the same
+    # webhook-id); a redelivery and a secret are answered to a client, so they are synced.
 
     async def claim_deliveries(
         self, *, limit: int, now: float, lease_seconds: float
     ) -> list[DueDelivery]:
         """Lease due deliveries for one attempt each."""
-        return await self._db.write(
+        return await self._db.write_redoable(
             webhooks.claim_deliveries, limit=limit, now=now, lease_seconds=lease_seconds
         )
 
     async def keep_delivery_body(self, delivery_id: str, body: bytes) -> bytes:
         """Store the event a delivery sends unless one is stored; return the stored one."""
-        return await self._db.write(webhooks.keep_delivery_body, delivery_id, body)
+        return await self._db.write_redoable(webhooks.keep_delivery_body, delivery_id, body)
 
     async def finish_delivery(self, outcome: AttemptOutcome, now: float) -> bool:
         """Record an attempt's answer; move the delivery on if its lease is still held."""
-        return await self._db.write(webhooks.finish_delivery, outcome, now)
+        return await self._db.write_redoable(webhooks.finish_delivery, outcome, now)
 
     async def list_deliveries(
         self, tenant: str, job_id: str, now: float

@@ -562,3 +562,13 @@ SELECT secret, previous, rotated_at FROM webhook_secrets WHERE tenant = %(tenant
 SELECT callback_url, public_url FROM jobs
 WHERE id = %(id)s AND tenant = %(tenant)s AND callback_url IS NOT NULL
   AND (expires_at IS NULL OR expires_at > %(now)s);
+
+-- name: durability.settings
+-- What decides whether a commit is on disk when it returns: `fsync` (off: never, for
+-- anything) and `synchronous_commit` (off: a commit returns before its WAL is flushed).
+SELECT current_setting('fsync'), current_setting('synchronous_commit');
+
+-- name: acknowledged.synchronous_commit
+-- Where the server runs with synchronous_commit = off, a transaction whose success is
+-- answered to a client still waits for its WAL to be flushed (any user may set this).
+SET LOCAL synchronous_commit = on;
