@@ -22,13 +22,16 @@ import asyncio
 import contextlib
 import io
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,9 +146,72 @@ async def measure_acks(url: str, total: int, clients: int) -> tuple[float, list[
     return total / elapsed, millis
 
 
-def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Figures]:
+@dataclass
+class Stall:
+    """What a small job and status reads went through while a big job was being submitted."""
+
+    submit_s: float = 0.0
+    probes_s: list[float] = field(default_factory=list)  # 10-item jobs, created → finished
+    reads_ms: list[float] = field(default_factory=list)
+
+
+def job_seconds(db: str, job_id: str) -> float:
+    """created_at → finished_at of a job, as the server recorded them."""
+    path = db.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT finished_at - created_at FROM jobs WHERE id = ?", (job_id,))
+        return float(row.fetchone()[0])
+
+
+def probe(client: httpx.Client, db: str) -> float:
+    """A 10-item `demo.sleep` job (10 ms an item, so it is claimed more than once): seconds
+    from its creation to its completion, as the server recorded them."""
+    items = [{"id": i, "seconds": 0.01} for i in range(10)]
+    queued = submit(client, orjson.dumps({"job": {"job_type": "demo.sleep", "items": items}}))
+    wait_finished(client, queued["id"], "tight", 120.0)
+    return job_seconds(db, queued["id"])
+
+
+def read_while(url: str, job_id: str, busy: threading.Event, into: list[float]) -> None:
+    """Read one status in a loop on a connection of its own until `busy` is cleared."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        while busy.is_set():
+            started = time.perf_counter()
+            response = http.get(f"{API}/job_statuses/{job_id}.json")
+            into.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 200:
+                raise BenchError(f"status read answered {response.status_code}")
+            time.sleep(0.002)
+
+
+def measure_stall(variant: Variant, tmp: Path, name: str, items: int) -> Stall:
+    """Submit an `items`-item job; while its POST runs, probe with 10-item jobs and read a
+    status over and over (on the server with 2 workers)."""
+    got = Stall()
+    body = job_body(items)
+    with (
+        server(variant, tmp, name, 2) as (db, client),
+        httpx.Client(base_url=client.base_url, timeout=600) as poster,
+        ThreadPoolExecutor(2) as threads,
+    ):
+        probe(client, db)  # the workers are up
+        reading = threading.Event()
+        reading.set()
+        watched = submit(client, job_body(1))["id"]
+        reader = threads.submit(read_while, str(client.base_url), watched, reading, got.reads_ms)
+        started = time.perf_counter()
+        posted = threads.submit(submit, poster, body)
+        while not posted.done():
+            got.probes_s.append(probe(client, db))
+        got.submit_s = time.perf_counter() - started
+        reading.clear()
+        posted.result()
+        reader.result()
+    return got
+
+
+def measure(args: argparse.Namespace, tmp: Path, found: list[Variant]) -> dict[str, Figures]:
     """Every measurement of every variant, `--repeat` rounds, variants in turn each round."""
-    found = variants(args, tmp)
     figures = {v.label: Figures() for v in found}
     big = job_body(args.submit_items)
     for round_ in range(1, args.repeat + 1):
@@ -163,6 +229,30 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Figures]:
                 got.ack_rates.append(rate)
                 got.ack_millis.extend(millis)
     return figures
+
+
+def stall_table(stalls: dict[str, Stall], items: int) -> list[str]:
+    """One row per variant: the submit, the probes beside it, the status reads beside it."""
+    lines = [
+        f"### Beside a {items:,}-item submit (SQLite, 2 workers)",
+        "",
+        "While the POST runs: 10-item `demo.sleep` jobs (10 ms an item) one after another, "
+        "each timed created → finished as the server recorded it; and a status read in a "
+        "loop on its own connection.",
+        "",
+        "| variant | submit (s) | 10-item jobs | median (s) | worst (s) "
+        "| reads | read p50 ms | read p99 ms | read max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, got in stalls.items():
+        probes = got.probes_s or [float("nan")]
+        lines.append(
+            f"| {label} | {got.submit_s:.1f} | {len(got.probes_s)} | "
+            f"{statistics.median(probes):.2f} | {max(probes):.2f} | {len(got.reads_ms)} | "
+            f"{statistics.median(got.reads_ms):.1f} | {quantile(got.reads_ms, 99):.1f} | "
+            f"{max(got.reads_ms):.1f} |"
+        )
+    return lines
 
 
 def quantile(values: list[float], q: int) -> float:
@@ -208,6 +298,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="rounds")
     p.add_argument("--acks", type=int, default=2000, help="1-item submits per round")
     p.add_argument("--clients", type=int, default=16, help="concurrent submitting clients")
+    p.add_argument("--stall-items", type=int, default=1_000_000, help="items of the big submit")
+    p.add_argument("--skip-acks", action="store_true", help="only the stall probe")
+    p.add_argument("--skip-stall", action="store_true", help="no stall probe")
     return p.parse_args()
 
 
@@ -219,18 +312,32 @@ def main() -> int:
     """Run the measurements and print the report; the temp folder goes away in every case."""
     args = parse_args()
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    header = machine()
+    lines = ["## joblot bench/durability.py", "", *machine()]
     with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
         try:
-            figures = measure(args, Path(name))
+            found = variants(args, Path(name))
+            if not args.skip_acks:
+                lines += ["", *table(measure(args, Path(name), found), args)]
+            if not args.skip_stall:
+                lines += ["", *stall_table(stalls(args, Path(name), found), args.stall_items)]
         except BenchError as exc:
             print(f"bench failed: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
             return 130
-    print("\n".join(["## joblot bench/durability.py", "", *header, "", *table(figures, args)]))
+    print("\n".join(lines))
     return 0
+
+
+def stalls(args: argparse.Namespace, tmp: Path, found: list[Variant]) -> dict[str, Stall]:
+    """The stall probe, before and after (the first mode asked for)."""
+    chosen = found[:2] if args.before else found[:1]
+    result = {}
+    for n, variant in enumerate(chosen):
+        print(f"stall probe: {variant.label}...", file=sys.stderr)
+        result[variant.label] = measure_stall(variant, tmp, f"stall-{n}", args.stall_items)
+    return result
 
 
 if __name__ == "__main__":

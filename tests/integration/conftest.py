@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +30,17 @@ class Backend:
 
     name: str
     open: Callable[[], Store]
+    url: str  # the database URL (a PostgreSQL one selects the test's schema)
+
+    def count(self, table: str) -> int:
+        """How many rows `table` holds, read directly from the database."""
+        query = f"SELECT count(*) FROM {table}"  # table names come from the tests only
+        if self.name == "sqlite":
+            with contextlib.closing(sqlite3.connect(self.url.removeprefix("sqlite:///"))) as db:
+                return int(db.execute(query).fetchone()[0])
+        with psycopg.connect(self.url) as conn:
+            row = conn.execute(query).fetchone()
+            return 0 if row is None else int(row[0])
 
 
 def _in_ci() -> bool:
@@ -84,10 +97,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     """A fresh database: a new SQLite file, or a new PostgreSQL schema."""
     if request.param == "sqlite":
         path = str(tmp_path / "joblot.db")
-        yield Backend("sqlite", lambda: SQLiteStore(path))
+        yield Backend("sqlite", lambda: SQLiteStore(path), f"sqlite:///{path}")
         return
     with fresh_schema(request.getfixturevalue("postgres_url")) as url:
-        yield Backend("postgres", lambda: PostgresStore(url))
+        yield Backend("postgres", lambda: PostgresStore(url), url)
 
 
 @pytest.fixture

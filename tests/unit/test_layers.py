@@ -98,6 +98,12 @@ ONLY_SQLITE = {
     "get_job.inline_results": "a second local query; PostgreSQL folds it into get_job.select",
     "metric_counts.end": "ends the read snapshot; psycopg's transaction() ends PostgreSQL's",
     "submit_job.insert_item": "executemany; PostgreSQL streams items with COPY",
+    "submit_job.begin_load": "big jobs load in steps: SQLite's one writer blocks all others",
+    "submit_job.load_held": "big jobs load in steps: SQLite's one writer blocks all others",
+    "submit_job.end_load": "big jobs load in steps: SQLite's one writer blocks all others",
+    "purge_expired.loads": "loads left by a dead submit; PostgreSQL rolls them back",
+    "abandon_load.mark": "loads left by a dead submit; PostgreSQL rolls them back",
+    "abandon_load.forget": "loads left by a dead submit; PostgreSQL rolls them back",
 }
 ONLY_POSTGRES = {
     "acknowledged.synchronous_commit": "SQLite syncs acknowledged writes in Database.write",

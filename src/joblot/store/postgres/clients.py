@@ -79,24 +79,38 @@ def insert_job_sync(conn: psycopg.Connection[Any], job: NewJob) -> bool:
 
 
 async def submit_job(conn: Conn, job: NewJob) -> tuple[JobRow, bool]:
-    """Insert the job and its items in the caller's transaction (or find the idempotent twin)."""
+    """Insert the job and its items in the caller's transaction (or find the idempotent twin).
+
+    Differs by necessity from SQLite, which loads a big job in steps: here the job and all its
+    items go in with one transaction, invisible to everyone until it commits, and writers of
+    other jobs do not wait for it. The tenant's quota lock is taken after the items are in,
+    so a big submit holds it only for the moment before its commit.
+    """
     if job.idempotency_key is not None:
         existing = await _find_idempotent(conn, job)
         if existing is not None:
             return existing, False
-    if job.max_active_jobs is not None:
-        await rowcount(conn, "submit_job.lock_tenant", {"tenant": job.tenant})
-        found = await fetch_one(conn, "submit_job.count_active", {"tenant": job.tenant})
-        active = 0 if found is None else found[0]
+    if job.max_active_jobs is not None:  # refuse early, before loading anything
+        active = await _active_jobs(conn, job.tenant)
         if active >= job.max_active_jobs:
             raise too_many_jobs(active)
-    if await insert_job(conn, job):
-        return queued_row(job), True
-    # A concurrent submit with the same key committed first: answer with its job.
-    existing = await _find_idempotent(conn, job)
-    if existing is None:
-        raise Unavailable("a submission with this Idempotency-Key was in flight; retry")
-    return existing, False
+    if not await insert_job(conn, job):
+        # A concurrent submit with the same key committed first: answer with its job.
+        existing = await _find_idempotent(conn, job)
+        if existing is None:
+            raise Unavailable("a submission with this Idempotency-Key was in flight; retry")
+        return existing, False
+    if job.max_active_jobs is not None:  # again, in turn with this tenant's other submits
+        await rowcount(conn, "submit_job.lock_tenant", {"tenant": job.tenant})
+        others = await _active_jobs(conn, job.tenant) - 1  # this job's row counts too
+        if others >= job.max_active_jobs:
+            raise too_many_jobs(others)
+    return queued_row(job), True
+
+
+async def _active_jobs(conn: Conn, tenant: str) -> int:
+    found = await fetch_one(conn, "submit_job.count_active", {"tenant": tenant})
+    return 0 if found is None else int(found[0])
 
 
 async def _find_idempotent(conn: Conn, job: NewJob) -> JobRow | None:

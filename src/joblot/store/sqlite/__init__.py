@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 from joblot.store import (
     ANY_JOB,
@@ -26,6 +28,10 @@ from joblot.store import (
     WebhookSecret,
 )
 from joblot.store.sqlite import clients, connection, maintenance, webhooks, work
+
+# Between two steps of a big submit or purge, the write lock is left free this long, so that
+# writers of other processes waiting for it (they poll every millisecond) get their turn.
+STEP_PAUSE_SECONDS = 0.005
 
 
 class SQLiteStore:
@@ -61,8 +67,37 @@ class SQLiteStore:
     # Their writes are answered to a client, so `write` puts them on disk first.
 
     async def submit_job(self, job: NewJob) -> tuple[JobRow, bool]:
-        """Insert the job and its items in one transaction (or find the idempotent twin)."""
-        return await self._db.write(clients.submit_job, job)
+        """Insert the job and its items (or find the idempotent twin): in one transaction,
+        or for a big job in steps that each hold the write lock briefly, the job row last."""
+        if len(job.payloads) <= clients.CHUNK_ITEMS:
+            return await self._db.write(clients.submit_job, job)
+        twin = await self._db.write_redoable(clients.begin_load, job)
+        if twin is not None:
+            return twin, False
+        try:
+            for start in range(0, len(job.payloads), clients.CHUNK_ITEMS):
+                await self._db.write_redoable(clients.load_items, job, start)
+                await asyncio.sleep(STEP_PAUSE_SECONDS)
+            row, created = await self._db.write(clients.end_load, job)
+        except BaseException:
+            await asyncio.shield(self._abandon(job.id))
+            raise
+        if not created:  # a twin with the same idempotency key finished loading first
+            await self._abandon(job.id)
+        return row, created
+
+    async def _abandon(self, job_id: str) -> None:
+        """Delete what a load that will not finish stored, a step at a time. Should that fail
+        too, the maintenance leader deletes it once the load's time is up."""
+        with contextlib.suppress(Exception):
+            await self._in_steps(maintenance.abandon_step, job_id)
+
+    async def _in_steps(self, step: Callable[[connection.Conn, str], bool], job_id: str) -> None:
+        """Run `step` until it says it is done, leaving the write lock free in between."""
+        while True:
+            if await self._db.write_redoable(step, job_id):
+                return
+            await asyncio.sleep(STEP_PAUSE_SECONDS)
 
     async def get_job(self, tenant: str, job_id: str, now: float, inline: int) -> JobRow | None:
         """One primary-key lookup, plus a bounded range scan for inline results."""
@@ -221,8 +256,14 @@ class SQLiteStore:
         return await self._db.read(maintenance.lapsed_leases, now)
 
     async def purge_expired(self, now: float) -> int:
-        """Delete jobs past their retention, in short transactions."""
-        return await self._db.write_redoable(maintenance.purge_expired, now)
+        """Delete jobs past their retention, and what dead submits loaded, in short steps
+        (each its own call on the writer thread, so this process's other writes go between)."""
+        jobs, loads = await self._db.read(maintenance.expired, now)
+        for job_id in jobs:
+            await self._in_steps(maintenance.purge_step, job_id)
+        for job_id in loads:
+            await self._abandon(job_id)
+        return len(jobs)
 
     async def metric_counts(self, now: float) -> MetricCounts:
         """Counts of every job, live leases and the metric totals, in one read snapshot."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from joblot.errors import Unavailable
 from joblot.models import JOB_DURATION_BUCKETS, Status, after_stop
 from joblot.store import ANY_JOB, JobFilter, JobRow, MetricCounts, NewJob, Page, TokenRow
 from joblot.store.common import (
@@ -39,23 +40,85 @@ from joblot.store.sqlite.maintenance import purge_job
 
 # -- submit -------------------------------------------------------------------------------------
 
+# A job of more items than this loads them in steps of this many, one write transaction each
+# (about 20 ms of the write lock), so that claims, results and cancels of other jobs get the
+# lock in between; the job row comes last, so nobody sees the job before all its items are in.
+CHUNK_ITEMS = 5000
+LOAD_SECONDS = 600.0  # a load still going this long after its submit began is given up
+
 
 def submit_job(conn: Conn, job: NewJob) -> tuple[JobRow, bool]:
     """Insert the job and its items in one transaction (or find the idempotent twin)."""
     with transaction(conn):
-        if job.idempotency_key is not None:
-            existing = _find_idempotent(conn, job)
-            if existing is not None:
-                return existing, False
-        if job.max_active_jobs is not None:
-            (active,) = fetch_one(conn, "submit_job.count_active", {"tenant": job.tenant})
-            if active >= job.max_active_jobs:
-                raise too_many_jobs(active)
+        twin = _twin_or_quota(conn, job)
+        if twin is not None:
+            return twin, False
         conn.execute(SQL["submit_job.insert_job"], job_params(job))
-        conn.executemany(
-            SQL["submit_job.insert_item"], ((job.id, i, p) for i, p in enumerate(job.payloads))
-        )
+        _insert_items(conn, job, 0, len(job.payloads))
     return queued_row(job), True
+
+
+def begin_load(conn: Conn, job: NewJob) -> JobRow | None:
+    """The first step of a big submit: the idempotent twin if there is one (then nothing is
+    loaded), else a `loading_jobs` row that the following steps add items under."""
+    with transaction(conn):
+        twin = _twin_or_quota(conn, job)
+        if twin is None:
+            params = {"id": job.id, "until": job.created_at + LOAD_SECONDS}
+            rowcount(conn, "submit_job.begin_load", params)
+    return twin
+
+
+def load_items(conn: Conn, job: NewJob, start: int) -> None:
+    """One step of a big submit: CHUNK_ITEMS items from `start`, unless the load was given up."""
+    with transaction(conn):
+        if fetch_one(conn, "submit_job.load_held", {"id": job.id}) is None:
+            raise load_given_up()
+        _insert_items(conn, job, start, start + CHUNK_ITEMS)
+
+
+def end_load(conn: Conn, job: NewJob) -> tuple[JobRow, bool]:
+    """The last step of a big submit: the job row, which makes the job and its items visible.
+
+    An idempotent twin that finished loading first wins (created False: the caller then
+    deletes what this submit loaded); the quota is checked again, as a twin may have taken it.
+    """
+    with transaction(conn):
+        twin = _twin_or_quota(conn, job)
+        if twin is not None:
+            return twin, False
+        if rowcount(conn, "submit_job.end_load", {"id": job.id}) != 1:
+            raise load_given_up()
+        conn.execute(SQL["submit_job.insert_job"], job_params(job))
+    return queued_row(job), True
+
+
+def load_given_up() -> Unavailable:
+    """The answer to a submit whose load took so long that it was given up (or whose items
+    could not all be stored): nothing of it remains."""
+    return Unavailable(
+        f"storing the items took longer than {LOAD_SECONDS:.0f} s and was given up; "
+        "nothing was stored: submit the job again"
+    )
+
+
+def _insert_items(conn: Conn, job: NewJob, start: int, end: int) -> None:
+    rows = ((job.id, i, job.payloads[i]) for i in range(start, min(end, len(job.payloads))))
+    conn.executemany(SQL["submit_job.insert_item"], rows)
+
+
+def _twin_or_quota(conn: Conn, job: NewJob) -> JobRow | None:
+    """The job an earlier submit with the same idempotency key made; else None, once the
+    tenant's quota of unfinished jobs is checked (TooManyJobs)."""
+    if job.idempotency_key is not None:
+        existing = _find_idempotent(conn, job)
+        if existing is not None:
+            return existing
+    if job.max_active_jobs is not None:
+        (active,) = fetch_one(conn, "submit_job.count_active", {"tenant": job.tenant})
+        if active >= job.max_active_jobs:
+            raise too_many_jobs(active)
+    return None
 
 
 def _find_idempotent(conn: Conn, job: NewJob) -> JobRow | None:

@@ -28,6 +28,7 @@ SQL = queries("sqlite")
 
 READERS = 4  # reader threads per process, each with its own connection
 BUSY_SECONDS = 30.0  # how long a write waits for another process's write lock
+LOCK_POLL_SECONDS = 0.001  # how often a waiting write tries for the lock again
 _TRANSIENT = re.compile(r"locked|busy|unable to open|disk I/O")
 
 
@@ -64,14 +65,36 @@ def _connect(path: str, sync: str) -> Conn:
 @contextmanager
 def transaction(conn: Conn) -> Iterator[None]:
     """A write transaction. IMMEDIATE takes the write lock up front, so two processes never
-    deadlock upgrading read locks, and the busy timeout applies."""
-    conn.execute("BEGIN IMMEDIATE")
+    deadlock upgrading read locks."""
+    _begin_immediate(conn)
     try:
         yield
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _begin_immediate(conn: Conn) -> None:
+    """BEGIN IMMEDIATE, trying for the write lock every millisecond for up to BUSY_SECONDS.
+
+    SQLite's own busy handler sleeps up to 100 ms between tries, so a writer waiting behind
+    another that retakes the lock in quick succession (the steps of a big submit, leaving it
+    free for a few milliseconds between) would miss every gap; trying this often catches them.
+    """
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(LOCK_POLL_SECONDS)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
 
 
 def in_transaction(conn: Conn) -> AbstractContextManager[None]:

@@ -28,23 +28,26 @@ def requeue_expired(conn: Conn, now: float, max_attempts: int, retention: float)
     return count
 
 
-def purge_expired(conn: Conn, now: float) -> int:
-    """Delete jobs past their retention, in short transactions."""
-    ids = [i for (i,) in fetch_all(conn, "purge_expired.jobs", {"now": now})]
-    for job_id in ids:
-        purge_job(conn, job_id)
-    return len(ids)
+def expired(conn: Conn, now: float) -> tuple[list[str], list[str]]:
+    """The ids of jobs past their retention, and of loads whose submit died or gave up."""
+    jobs = [i for (i,) in fetch_all(conn, "purge_expired.jobs", {"now": now})]
+    loads = [i for (i,) in fetch_all(conn, "purge_expired.loads", {"now": now})]
+    return jobs, loads
 
 
 def purge_job(conn: Conn, job_id: str) -> None:
     """Delete a job in bounded steps (each its own transaction unless one is open)."""
-    for name in ("purge_expired.items", "purge_expired.results"):
-        while True:
-            with in_transaction(conn):
-                deleted = rowcount(conn, name, {"id": job_id})
-            if deleted == 0:
-                break
+    while not purge_step(conn, job_id):
+        continue
+
+
+def purge_step(conn: Conn, job_id: str) -> bool:
+    """One bounded step of deleting a job — some items, else some results, else the job row
+    and its leases — in one short transaction (unless one is open); True once it is gone."""
     with in_transaction(conn):
+        for name in ("purge_expired.items", "purge_expired.results"):
+            if rowcount(conn, name, {"id": job_id}) > 0:
+                return False
         counted = fetch_one(conn, "purge_expired.counts", {"id": job_id})
         rowcount(conn, "purge_expired.delivery_attempts", {"id": job_id})
         rowcount(conn, "purge_expired.deliveries", {"id": job_id})
@@ -53,6 +56,21 @@ def purge_job(conn: Conn, job_id: str) -> None:
             totals = purged_totals(counted)
             conn.executemany(SQL["metric_totals.add"], [total_params(t) for t in totals])
         rowcount(conn, "purge_expired.job", {"id": job_id})
+    return True
+
+
+def abandon_step(conn: Conn, job_id: str) -> bool:
+    """One bounded step of deleting what a load that will not finish stored; True once gone.
+
+    The load is marked first, in the same transaction as the first delete, so that no
+    further step of its submit can commit (each checks the mark under the write lock).
+    """
+    with in_transaction(conn):
+        rowcount(conn, "abandon_load.mark", {"id": job_id})
+        if rowcount(conn, "purge_expired.items", {"id": job_id}) > 0:
+            return False
+        rowcount(conn, "abandon_load.forget", {"id": job_id})
+    return True
 
 
 def try_lead(conn: Conn, chore: str, holder: str, now: float, until: float) -> bool:

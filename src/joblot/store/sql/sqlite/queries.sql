@@ -33,6 +33,18 @@ VALUES (:id, :tenant, :job_type, :action, 'queued', :total, :total, :max_failure
 -- name: submit_job.insert_item
 INSERT INTO items (job_id, idx, payload) VALUES (?, ?, ?);
 
+-- name: submit_job.begin_load
+-- A big job's items go in over several write transactions, each holding the write lock
+-- briefly, before its job row exists: claims and reads start from `jobs`, so nobody sees them.
+INSERT INTO loading_jobs (job_id, expires_at) VALUES (:id, :until);
+
+-- name: submit_job.load_held
+-- Each step checks, under the write lock, that its load was not given up meanwhile.
+SELECT 1 FROM loading_jobs WHERE job_id = :id AND abandoned = 0;
+
+-- name: submit_job.end_load
+DELETE FROM loading_jobs WHERE job_id = :id AND abandoned = 0;
+
 -- name: get_job.select
 -- One primary-key lookup; expired jobs read as missing even before they are purged.
 SELECT id, job_type, status, total, progress, message, version, list_key,
@@ -242,6 +254,17 @@ DELETE FROM results WHERE job_id = :id AND idx IN (
 
 -- name: purge_expired.job
 DELETE FROM jobs WHERE id = :id;
+
+-- name: purge_expired.loads
+-- Loads whose submit died (or is being given up): their items go, in bounded steps.
+SELECT job_id FROM loading_jobs WHERE expires_at <= :now OR abandoned = 1 LIMIT 100;
+
+-- name: abandon_load.mark
+-- Once marked, no further step of the load can commit (submit_job.load_held).
+UPDATE loading_jobs SET abandoned = 1 WHERE job_id = :id;
+
+-- name: abandon_load.forget
+DELETE FROM loading_jobs WHERE job_id = :id;
 
 -- name: purge_expired.leases
 -- A lease can outlive its job's retention (workers offline for longer); it goes too.

@@ -1,0 +1,4 @@
+-- 009: nothing to do. Differs by necessity from SQLite, whose 009 adds `loading_jobs` so that a
+-- big job's items can go in over several short write transactions instead of one long hold of
+-- its single write lock. PostgreSQL writers do not block one another: a job and all its items
+-- go in with one transaction, invisible to everyone until it commits, and gone if it does not.
