@@ -24,7 +24,7 @@ from joblot import codec
 from joblot.app import App, Context, JobAborted
 from joblot.batch import Batch, ItemTimedOut, Runner, failure, ident_of
 from joblot.delivery import Deliverer
-from joblot.errors import JoblotError
+from joblot.errors import JoblotError, Unavailable
 from joblot.logs import job_event
 from joblot.maintenance import Maintenance
 from joblot.service import Service
@@ -34,6 +34,7 @@ log = logging.getLogger("joblot.worker")
 
 FLUSH_SECONDS = 0.1  # how often a running batch reports progress and checks its timeouts
 TARGET_BATCH_SECONDS = 0.5  # claim about this much work at a time, so small jobs get turns
+UNAVAILABLE_PAUSE_SECONDS = 0.5  # between claims while the database cannot be reached
 # An async handler is cancelled at its timeout; one that ignores the cancellation this long
 # is given up like a stuck thread.
 ASYNC_GRACE_SECONDS = 1.0
@@ -57,6 +58,7 @@ class Worker:
         self._stopped_jobs: dict[str, None] = {}
         self._claim_size = min(self.settings.batch_size, self.concurrency * 2)
         self._stopping = asyncio.Event()
+        self._unavailable = False  # the last claim found the database unreachable
         self.replace = False  # it stopped itself to be replaced: a handler got stuck
         self.stuck = 0  # handler threads and tasks given up on, still running
 
@@ -146,12 +148,25 @@ class Worker:
 
     async def _claim(self) -> Claim | None:
         try:
-            return await self.service.claim_items(self.worker_id, self.job_types, self._claim_size)
+            claim = await self.service.claim_items(self.worker_id, self.job_types, self._claim_size)
+        except Unavailable as exc:  # said once, not at every poll: the store answers at once
+            if not self._unavailable:
+                log.warning(
+                    "cannot claim, retrying until the database is back: %s", exc.description
+                )
+                self._unavailable = True
+            await asyncio.sleep(UNAVAILABLE_PAUSE_SECONDS)
+            return None
         except JoblotError as exc:
             log.warning("claim failed, retrying: %s", exc.description)
+            return None
         except Exception:
             log.exception("claim failed unexpectedly, retrying")
-        return None
+            return None
+        if self._unavailable:
+            log.warning("claims work again")
+            self._unavailable = False
+        return claim
 
     # -- one batch ------------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ count the claim, after leasing its items with SKIP LOCKED.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from joblot.errors import ConfigError, Unavailable
 from joblot.models import JobState
@@ -27,6 +29,7 @@ from joblot.store.sql import load_migrations, queries
 Conn = psycopg.AsyncConnection[TupleRow]
 Row = tuple[Any, ...]
 SQL = queries("postgres")
+log = logging.getLogger("joblot.store")
 
 CONNECT_TIMEOUT = 10  # seconds; libpq would wait minutes for an unreachable host
 # The pool retries a failed connection with doubling pauses (1, 2, 4, 8 ... s, up to this
@@ -35,6 +38,11 @@ CONNECT_TIMEOUT = 10  # seconds; libpq would wait minutes for an unreachable hos
 RECONNECT_SECONDS = 3.0
 MIN_CONNECTIONS = 1  # kept open while idle
 WAIT_SECONDS = 5.0  # how long a caller waits for a pooled connection before a 503
+# A caller who has waited this long for a connection tries a connection of its own: if that
+# fails too, the database is down, and every caller is answered at once until it is back.
+SUSPECT_SECONDS = 0.4
+PROBE_SECONDS = 0.2  # while the database is down, how often a connection is tried
+PROBE_TIMEOUT = 1.0  # how long one such try may take (an unreachable host never answers)
 
 
 async def fetch_one(conn: Conn, name: str, params: dict[str, Any] | None = None) -> Row | None:
@@ -87,7 +95,9 @@ def conninfo(url: str) -> str:
 
 
 class Pool:
-    """A pool of autocommit connections, opened on first use."""
+    """A pool of autocommit connections, opened on first use, that knows when the database is
+    down: then every caller gets Unavailable (503) at once instead of after a wait, and a
+    probe tries a connection every PROBE_SECONDS, so service resumes as soon as it is back."""
 
     def __init__(
         self, info: str, *, min_size: int = MIN_CONNECTIONS, max_size: int, timeout: float
@@ -98,6 +108,9 @@ class Pool:
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._opening = asyncio.Lock()
         self._async_commit: bool | None = None  # the server's synchronous_commit is off
+        self._down: str | None = None  # while the database is down, what callers are told
+        self._checking: asyncio.Task[None] | None = None  # is it down? (after a lost connection)
+        self._prober: asyncio.Task[None] | None = None  # is it back? (while it is down)
 
     async def _open(self) -> AsyncConnectionPool[Conn]:
         async with self._opening:
@@ -122,14 +135,79 @@ class Pool:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
         """A pooled autocommit connection; losing the database raises Unavailable (503)."""
-        pool = self._pool or await self._open()
+        pool, conn = await self._getconn()
         try:
-            async with pool.connection() as conn:
+            async with conn:
                 yield conn
+        except psycopg.OperationalError as exc:
+            if conn.broken:  # the server may have gone: find out, for the callers after this
+                self._check_soon()
+            raise Unavailable(
+                f"the database is unreachable or overloaded ({exc}); retry in a few seconds"
+            ) from exc
+        finally:
+            await pool.putconn(conn)
+
+    async def _getconn(self) -> tuple[AsyncConnectionPool[Conn], Conn]:
+        if self._down is not None:
+            raise Unavailable(self._down)
+        pool = self._pool or await self._open()
+        waited = min(SUSPECT_SECONDS, self._timeout)
+        try:
+            return pool, await pool.getconn(timeout=waited)
+        except PoolTimeout:
+            if not await self._reachable():
+                self._went_down("the database cannot be reached")
+                raise Unavailable(self._down or "the database cannot be reached") from None
+        except psycopg.OperationalError as exc:  # e.g. closed by another caller who saw it down
+            raise Unavailable(f"the database is unreachable ({exc}); retry shortly") from exc
+        try:
+            return pool, await pool.getconn(timeout=max(0.0, self._timeout - waited))
         except psycopg.OperationalError as exc:  # the pool's PoolTimeout is one too
             raise Unavailable(
                 f"the database is unreachable or overloaded ({exc}); retry in a few seconds"
             ) from exc
+
+    async def _reachable(self) -> bool:
+        """Whether a new connection to the database can be made now."""
+        try:
+            connecting = psycopg.AsyncConnection.connect(self._info)
+            conn = await asyncio.wait_for(connecting, PROBE_TIMEOUT)
+        except (psycopg.Error, OSError, TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    def _check_soon(self) -> None:
+        if self._checking is None and self._down is None:
+            self._checking = asyncio.create_task(self._check(), name="joblot-db-check")
+
+    async def _check(self) -> None:
+        try:
+            if not await self._reachable():
+                self._went_down("the database cannot be reached")
+        finally:
+            self._checking = None
+
+    def _went_down(self, why: str) -> None:
+        """Answer every caller at once from now on, and probe until the database is back."""
+        if self._down is not None:
+            return
+        log.warning("%s: answering 503 at once until it is back", why)
+        self._down = f"{why}; retry in a few seconds"
+        old, self._pool = self._pool, None  # its own reconnection attempts stop with it
+        self._prober = asyncio.create_task(self._wait_until_back(old), name="joblot-db-probe")
+
+    async def _wait_until_back(self, old: AsyncConnectionPool[Conn] | None) -> None:
+        if old is not None:
+            await old.close(timeout=0)
+        while True:
+            if await self._reachable():
+                break
+            await asyncio.sleep(PROBE_SECONDS)
+        log.warning("the database is reachable again")
+        self._down = None  # the next caller opens a fresh pool
+        self._prober = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
@@ -154,6 +232,11 @@ class Pool:
 
     async def close(self) -> None:
         """Close every pooled connection."""
+        for task in (self._checking, self._prober):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
