@@ -14,12 +14,13 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from joblot import export
-from joblot.auth import Authenticator
+from joblot.auth import Authenticator, Caller
 from joblot.bodies import (
     JSONResponse,
     error_response,
@@ -56,11 +57,27 @@ from joblot.params import (
 )
 from joblot.service import Service
 from joblot.store import JobRow, Page
+from joblot.waits import Ended, Wait, Waits, guarded
 
 log = logging.getLogger("joblot.api")
 
 API = API_PREFIX
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+class HeldStream(StreamingResponse):
+    """A streaming response that holds a wait of its caller until it is over, however it ends
+    (even if it never started because the client had gone)."""
+
+    def __init__(self, body: AsyncIterator[bytes], waits: Waits, wait: Wait, **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self._waits, self._wait = waits, wait
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._waits.close(self._wait)
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -91,6 +108,17 @@ def tenant_of(request: Request) -> str:
     return tenant
 
 
+def caller_of(request: Request) -> Caller:
+    """Who an authenticated request acts for: tenant and token (set by `Routes.authenticated`)."""
+    caller: Caller = request.state.caller
+    return caller
+
+
+REVOKED_EVENT = b"event: error\ndata: %s\n\n" % orjson.dumps(
+    {"error": Unauthorized.name, "description": "the token of this stream was revoked"}
+)
+
+
 class Routes:
     """The endpoint functions, bound to one Service."""
 
@@ -98,19 +126,31 @@ class Routes:
         self.service = service
         self.auth = Authenticator(service, service.settings, auth_clock)
         self.http_metrics = HttpMetrics()
+        self.waits = Waits(self.auth, service.settings.max_streams_per_token)
+
+    def stream(
+        self, request: Request, events: AsyncIterator[bytes], headers: dict[str, str]
+    ) -> Response:
+        """A Server-Sent Events response of `events` for the request's caller. Every stream
+        goes through here: it counts against the caller's cap of open streams and long polls,
+        and ends (with an `error` event) within 2 s of its token's revocation."""
+        wait = self.waits.open(caller_of(request))
+        body = guarded(wait, events, REVOKED_EVENT)
+        return HeldStream(body, self.waits, wait, media_type="text/event-stream", headers=headers)
 
     def authenticated(self, endpoint: Endpoint) -> Endpoint:
         """`endpoint` behind authentication: the credentials are checked before anything of
         the request is read, so a caller without them always gets 401, never a 400 or 404
         that would tell it something."""
 
-        async def guarded(request: Request) -> Response:
-            request.state.tenant = await self.auth.tenant(request.headers.get("authorization"))
+        async def checked(request: Request) -> Response:
+            caller = await self.auth.caller(request.headers.get("authorization"))
+            request.state.caller, request.state.tenant = caller, caller.tenant
             return await endpoint(request)
 
-        guarded.__name__ = guarded.__qualname__ = endpoint.__name__
-        guarded.__doc__ = endpoint.__doc__
-        return guarded
+        checked.__name__ = checked.__qualname__ = endpoint.__name__
+        checked.__doc__ = endpoint.__doc__
+        return checked
 
     async def submit_job(self, request: Request) -> Response:
         """POST /api/v2/jobs: queue a job; 202 with Location and Retry-After."""
@@ -150,7 +190,12 @@ class Routes:
         if given is not None:  # unchanged costs one version lookup, not the whole status
             version = await self.service.job_version(tenant, job_id)
             if wait and etag(job_id, version) in tags(given):
-                version = await self._wait_for_change(tenant, job_id, given, wait)
+                async with self.waits.holding(caller_of(request)) as held:
+                    try:
+                        waited = self._wait_for_change(tenant, job_id, given, wait)
+                        version = await held.race(waited)
+                    except Ended:
+                        raise Unauthorized("the token of this request was revoked") from None
             if etag(job_id, version) in tags(given):
                 return Response(status_code=304, headers={"ETag": etag(job_id, version)})
         row = await self.service.get_job(tenant, job_id)
@@ -188,7 +233,7 @@ class Routes:
             disconnected=request.is_disconnected,
         )
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        return self.stream(request, stream, headers)
 
     async def list_jobs(self, request: Request) -> Response:
         """GET /api/v2/job_statuses: cursor-paginated, unfinished jobs first; `status` and
@@ -353,6 +398,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(RecordNotFound(f"there is nothing at {request.url.path[:200]}"))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up before its request was read whole: nothing to answer, no error."""
+    log.debug("the client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)  # never sent: the connection is gone
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     body = {"error": "InternalError", "description": "the server failed; it has been logged"}
@@ -388,6 +439,7 @@ def create_app(
         exception_handlers={
             JoblotError: _joblot_error,
             HTTPException: _http_error,
+            ClientDisconnect: _client_gone,
             Exception: _unexpected,
         },
         lifespan=lifespan,

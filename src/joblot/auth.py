@@ -17,6 +17,7 @@ from typing import Protocol
 from joblot.config import Settings
 from joblot.errors import TooManyRequests, Unauthorized
 from joblot.models import DEFAULT_TENANT
+from joblot.store import TokenCount
 
 TOKEN_PREFIX = "jl_"
 _TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -119,12 +120,35 @@ class Tokens(Protocol):
     async def find_token(self, digest: str) -> tuple[str, str] | None:
         """(token id, tenant) of the live token with this digest."""
 
-    async def count_tokens(self) -> int:
-        """How many live tokens there are."""
+    async def count_tokens(self) -> TokenCount:
+        """How many live and how many revoked tokens there are."""
+
+    async def live_tokens(self, token_ids: list[str]) -> set[str]:
+        """The ids among `token_ids` of live tokens."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts for: a tenant, through a token (None while the server is open)."""
+
+    tenant: str
+    token_id: str | None
+
+
+def serving_open(count: TokenCount, *, insecure: bool, loopback: bool) -> bool:
+    """Whether requests without credentials are let in, as the default tenant.
+
+    Never while a token is live. Bound to loopback, only until the first token is created:
+    revoking every token leaves the server closed. `--insecure` (JOBLOT_INSECURE) serves open
+    whenever no token is live, on any address: the explicit way to open it again.
+    """
+    if count.live > 0:
+        return False
+    return insecure or (loopback and count.revoked == 0)
 
 
 class Authenticator:
-    """Turns an Authorization header into the tenant a request acts for.
+    """Turns an Authorization header into the caller a request acts for.
 
     Lookups are cached for CACHE_SECONDS of `clock` (monotonic seconds), so a poll costs no
     query and a revoked token stops working within that time.
@@ -135,17 +159,18 @@ class Authenticator:
     ) -> None:
         self.tokens = tokens
         self.clock = clock
-        self.open_allowed = settings.insecure or is_loopback(settings.host)
+        self.insecure = settings.insecure
+        self.loopback = is_loopback(settings.host)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
-        self._live: tuple[float, int] | None = None
+        self._count: tuple[float, TokenCount] | None = None
 
-    async def tenant(self, authorization: str | None) -> str:
-        """The tenant of the credentials; without any, the default tenant if serving open."""
+    async def caller(self, authorization: str | None) -> Caller:
+        """The caller the credentials name; without any, the default tenant if serving open."""
         token = credential(authorization)
         if token is None:
-            if authorization is None and self.open_allowed and await self._live_tokens() == 0:
-                return DEFAULT_TENANT
+            if authorization is None and await self.serving_open():
+                return Caller(DEFAULT_TENANT, None)
             raise Unauthorized(
                 "send Authorization: Bearer <token> (or Basic "
                 "<email>/token:<token>); tokens come from `joblot tokens create`"
@@ -161,7 +186,25 @@ class Authenticator:
                 f"requests a minute; retry in {wait} s",
                 retry_after=wait,
             )
-        return tenant
+        return Caller(tenant, token_id)
+
+    async def tenant(self, authorization: str | None) -> str:
+        """The tenant of the credentials (see `caller`)."""
+        return (await self.caller(authorization)).tenant
+
+    async def serving_open(self, *, fresh: bool = False) -> bool:
+        """Whether requests without credentials are let in now (`serving_open`); the token
+        count is cached like lookups unless `fresh`."""
+        now = self.clock()
+        if fresh or self._count is None or now - self._count[0] >= CACHE_SECONDS:
+            self._count = (now, await self.tokens.count_tokens())
+        return serving_open(self._count[1], insecure=self.insecure, loopback=self.loopback)
+
+    def forget(self, token_ids: set[str]) -> None:
+        """Drop cached lookups of these tokens (found revoked), so they fail from now on."""
+        for key, (_, found) in list(self._cache.items()):
+            if found is not None and found[0] in token_ids:
+                del self._cache[key]
 
     async def _find(self, token_digest: str) -> tuple[str, str] | None:
         now = self.clock()
@@ -173,9 +216,3 @@ class Authenticator:
             self._cache.clear()
         self._cache[token_digest] = (now, found)
         return found
-
-    async def _live_tokens(self) -> int:
-        now = self.clock()
-        if self._live is None or now - self._live[0] >= CACHE_SECONDS:
-            self._live = (now, await self.tokens.count_tokens())
-        return self._live[1]

@@ -92,9 +92,16 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         print(asyncio.run(server.create_token(settings, tenant)))
     elif args.tokens_command == "revoke":
-        if not asyncio.run(server.revoke_token(settings, args.id)):
+        left = asyncio.run(server.revoke_token(settings, args.id))
+        if left is None:
             raise UsageError(f"there is no live token with id {args.id!r} (see `tokens list`)")
         print(f"revoked token {args.id}")
+        if left.live == 0:
+            print(
+                "that was the last live token: servers now refuse every request until a "
+                "token is created (a server started with --insecure serves without one)",
+                file=sys.stderr,
+            )
     else:
         print(f"{'ID':12}  {'TENANT':24}  {'CREATED (UTC)':19}  STATE")
         for row in asyncio.run(server.list_tokens(settings)):

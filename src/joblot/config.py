@@ -41,6 +41,7 @@ class Settings:
     idle_poll_seconds: float = 0.05  # how often an idle worker looks for new items
     max_active_jobs: int = 30  # queued or working jobs a tenant may have (Zendesk's limit)
     rate_limit_per_minute: int = 700  # requests a token may make, per API process
+    max_streams_per_token: int = 100  # streams and long polls a token may hold, per API process
     insecure: bool = False  # allow serving without tokens on a non-loopback address
     pool_size: int = 10  # PostgreSQL connections per process, at most
     sqlite_sync: str = "group"  # how SQLite syncs acknowledged writes: group|transaction|database
@@ -71,6 +72,7 @@ class Settings:
             "stop_grace_seconds",
             "max_active_jobs",
             "rate_limit_per_minute",
+            "max_streams_per_token",
             "pool_size",
             "webhook_timeout_seconds",
             "webhook_max_attempts",

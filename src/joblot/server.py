@@ -19,13 +19,14 @@ import uvicorn
 from joblot import logs
 from joblot.api import create_app
 from joblot.app import App, load_app
-from joblot.auth import is_loopback, mint_token
+from joblot.auth import is_loopback, mint_token, serving_open
 from joblot.config import Settings
 from joblot.delivery import Deliverer
+from joblot.edge import EdgeProtocol, quiet_errors
 from joblot.errors import ConfigError, SchemaOutOfDate
 from joblot.maintenance import Maintenance
 from joblot.service import Service
-from joblot.store import Store, TokenRow, open_store
+from joblot.store import Store, TokenCount, TokenRow, open_store
 from joblot.webhooks import new_secret
 from joblot.worker import Worker
 
@@ -118,28 +119,36 @@ async def list_tokens(settings: Settings) -> list[TokenRow]:
         await store.close()
 
 
-async def revoke_token(settings: Settings, token_id: str) -> bool:
-    """Revoke a token; False if there is no such live token."""
+async def revoke_token(settings: Settings, token_id: str) -> TokenCount | None:
+    """Revoke a token; the tokens left, or None if there is no such live token."""
     store = await prepare_store(settings, migrate_if_empty=False)
     try:
-        return await store.revoke_token(token_id, time.time())
+        if not await store.revoke_token(token_id, time.time()):
+            return None
+        return await store.count_tokens()
     finally:
         await store.close()
 
 
 async def check_exposure(store: Store, settings: Settings) -> None:
-    """Refuse to serve without tokens beyond this machine unless `--insecure` was given."""
-    if await store.count_tokens() > 0:
+    """Say at start whether requests need a token; refuse to serve without tokens beyond this
+    machine unless `--insecure` was given."""
+    count = await store.count_tokens()
+    loopback = is_loopback(settings.host)
+    if count.live > 0:
         log.info("API tokens are configured: every request must carry one")
-    elif is_loopback(settings.host):
+    elif serving_open(count, insecure=settings.insecure, loopback=loopback):
         log.warning(
-            "no API tokens: serving WITHOUT authentication, on %s only (loopback); "
+            "no live API tokens%s: serving WITHOUT authentication on %s%s; "
             "create one with `joblot tokens create --tenant NAME`",
+            " and --insecure" if settings.insecure else "",
             settings.host,
+            " only (loopback)" if loopback else "",
         )
-    elif settings.insecure:
+    elif count.revoked > 0:
         log.warning(
-            "no API tokens and --insecure: serving WITHOUT authentication on %s", settings.host
+            "every API token is revoked: every request is refused until one is created "
+            "(`joblot tokens create --tenant NAME`); --insecure serves without authentication"
         )
     else:
         raise ConfigError(
@@ -316,13 +325,17 @@ def serve(settings: Settings) -> None:
     maintenance = Maintenance(service)
     deliverer = Deliverer(service)  # so that a deployment without workers delivers too
     config = uvicorn.Config(
-        create_app(service, on_close=on_close, background=[maintenance.run, deliverer.run]),
+        quiet_errors(
+            create_app(service, on_close=on_close, background=[maintenance.run, deliverer.run])
+        ),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's lines go through configure_logging's handler and format
         access_log=False,
         loop="asyncio",
+        http=EdgeProtocol,  # httptools, with limits on headers and read timeouts
+        ws="none",
         lifespan="on",
     )
     try:

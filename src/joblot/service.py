@@ -42,6 +42,7 @@ from joblot.store import (
     NewJob,
     Page,
     Store,
+    TokenCount,
     WebhookSecret,
 )
 from joblot.webhooks import new_secret
@@ -458,14 +459,18 @@ class Service:
         """(token id, tenant) of the live token with this digest."""
         return await self.store.find_token(digest)
 
-    async def count_tokens(self) -> int:
-        """How many live tokens there are."""
+    async def count_tokens(self) -> TokenCount:
+        """How many live and how many revoked tokens there are."""
         return await self.store.count_tokens()
 
     async def metric_counts(self) -> MetricCounts:
         """What the metrics read from the database: counts of every job, live leases, and the
         totals kept for purged jobs and lapsed leases."""
         return await self.store.metric_counts(self.clock())
+
+    async def live_tokens(self, token_ids: list[str]) -> set[str]:
+        """The ids among `token_ids` of live tokens."""
+        return await self.store.live_tokens(token_ids)
 
     async def schema_version(self) -> tuple[int, int]:
         """(applied, latest) migration numbers: answers only while the database does."""

@@ -183,3 +183,56 @@ async def test_a_malformed_request_without_credentials_gets_401_first(
         response = await h.http.request(method, path, headers={"Content-Type": "text/plain"})
         assert response.status_code == 401, response.text
         assert response.json()["error"] == "Couldn't authenticate you"
+
+
+async def test_revoking_the_last_token_leaves_a_loopback_server_closed(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        token_id, token = await _token(h, "acme")
+        assert await h.service.store.revoke_token(token_id, time.time())
+        h.clock.advance(2.1)  # lookups and the count of tokens are cached for 2 s
+        anonymous = await h.http.get("/api/v2/job_statuses")
+        assert anonymous.status_code == 401, "a revoked last token must not reopen the server"
+        assert (await h.http.get("/api/v2/job_statuses", headers=_bearer(token))).status_code == 401
+
+
+async def test_insecure_serves_without_tokens_again_once_none_is_live(tmp_path: Path) -> None:
+    async with harness(tmp_path, insecure=True) as h:
+        token_id, _ = await _token(h, "default")
+        h.clock.advance(2.1)
+        assert (await h.http.get("/api/v2/job_statuses")).status_code == 401
+        assert await h.service.store.revoke_token(token_id, time.time())
+        h.clock.advance(2.1)
+        assert (await h.http.post("/api/v2/jobs", json=JOB)).status_code == 202
+
+
+async def test_a_token_may_hold_only_so_many_long_polls_at_once(tmp_path: Path) -> None:
+    async with harness(tmp_path, max_streams_per_token=2) as h:
+        _, token = await _token(h, "acme")
+        job = (await h.http.post("/api/v2/jobs", json=JOB, headers=_bearer(token))).json()
+        url = f"/api/v2/job_statuses/{job['job_status']['id']}"
+        tag = (await h.http.get(url, headers=_bearer(token))).headers["etag"]
+        polling = {**_bearer(token), "If-None-Match": tag, "Prefer": "wait=2"}
+        held = [asyncio.create_task(h.http.get(url, headers=polling)) for _ in range(2)]
+        await asyncio.sleep(0.3)  # both are waiting now
+        third = await h.http.get(url, headers=polling)
+        assert third.status_code == 429 and third.json()["error"] == "TooManyRequests"
+        assert third.headers["retry-after"].isdigit()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [304, 304]
+        again = await h.http.get(url, headers={**polling, "Prefer": "wait=1"})
+        assert again.status_code == 304  # released: room again
+
+
+async def test_a_long_poll_ends_within_2_s_of_its_token_being_revoked(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        token_id, token = await _token(h, "acme")
+        job = (await h.http.post("/api/v2/jobs", json=JOB, headers=_bearer(token))).json()
+        url = f"/api/v2/job_statuses/{job['job_status']['id']}"
+        tag = (await h.http.get(url, headers=_bearer(token))).headers["etag"]
+        polling = {**_bearer(token), "If-None-Match": tag, "Prefer": "wait=30"}
+        poll = asyncio.create_task(h.http.get(url, headers=polling))
+        await asyncio.sleep(0.3)
+        assert await h.service.store.revoke_token(token_id, time.time())
+        revoked = time.monotonic()
+        response = await poll
+        assert time.monotonic() - revoked < 2.0
+        assert response.status_code == 401 and "revoked" in response.json()["description"]

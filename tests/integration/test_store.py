@@ -12,7 +12,7 @@ import pytest
 
 from joblot.errors import IdempotencyKeyReused, JobFinished, TooManyJobs
 from joblot.models import Status, cancel_message, completion_message, new_job_id
-from joblot.store import Claim, ClaimedItem, FinishedItem, JobRow, NewJob, Store
+from joblot.store import Claim, ClaimedItem, FinishedItem, JobRow, NewJob, Store, TokenCount
 from joblot.store.postgres import PostgresStore
 from joblot.store.sql import load_migrations
 
@@ -627,11 +627,14 @@ async def test_tokens_are_found_by_digest_until_revoked(store: Store) -> None:
     await store.create_token("t1", "acme", "digest-1", T0)
     await store.create_token("t2", "beta", "digest-2", T0 + 1)
     assert await store.find_token("digest-1") == ("t1", "acme")
-    assert await store.count_tokens() == 2
+    assert await store.count_tokens() == TokenCount(live=2, revoked=0)
+    assert await store.live_tokens(["t1", "t2", "t3"]) == {"t1", "t2"}
     assert await store.revoke_token("t1", T0 + 2)
     assert not await store.revoke_token("t1", T0 + 3)  # already revoked
     assert await store.find_token("digest-1") is None
-    assert await store.count_tokens() == 1
+    assert await store.count_tokens() == TokenCount(live=1, revoked=1)
+    assert await store.live_tokens(["t1", "t2"]) == {"t2"}
+    assert await store.live_tokens([]) == set()
     assert [(t.id, t.tenant, t.revoked_at) for t in await store.list_tokens()] == [
         ("t1", "acme", T0 + 2),
         ("t2", "beta", None),

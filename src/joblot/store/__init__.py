@@ -55,6 +55,14 @@ class TokenRow:
 
 
 @dataclass(frozen=True)
+class TokenCount:
+    """How many tokens there are: live ones, and revoked ones (which keep a server closed)."""
+
+    live: int
+    revoked: int
+
+
+@dataclass(frozen=True)
 class JobRow:
     """A job as stored: the JobStatus fields plus what ETags and lists need."""
 
@@ -403,8 +411,11 @@ class Store(Protocol):
     async def find_token(self, digest: str) -> tuple[str, str] | None:
         """(token id, tenant) of the live token with this digest."""
 
-    async def count_tokens(self) -> int:
-        """How many live tokens there are."""
+    async def count_tokens(self) -> TokenCount:
+        """How many live and how many revoked tokens there are."""
+
+    async def live_tokens(self, token_ids: list[str]) -> set[str]:
+        """The ids among `token_ids` of tokens that are live (not revoked)."""
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new items may be claimable, or after `timeout` seconds at the latest."""

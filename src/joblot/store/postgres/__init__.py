@@ -20,6 +20,7 @@ from joblot.store import (
     MetricCounts,
     NewJob,
     Page,
+    TokenCount,
     TokenRow,
     WebhookSecret,
 )
@@ -182,10 +183,15 @@ class PostgresStore:
         async with self._pool.connection() as conn:
             return await clients.find_token(conn, digest)
 
-    async def count_tokens(self) -> int:
-        """How many live tokens there are."""
+    async def count_tokens(self) -> TokenCount:
+        """How many live and how many revoked tokens there are."""
         async with self._pool.connection() as conn:
             return await clients.count_tokens(conn)
+
+    async def live_tokens(self, token_ids: list[str]) -> set[str]:
+        """The ids among `token_ids` of live tokens."""
+        async with self._pool.connection() as conn:
+            return await clients.live_tokens(conn, token_ids)
 
     # -- what workers do ----------------------------------------------------------------------
 

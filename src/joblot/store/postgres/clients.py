@@ -12,7 +12,16 @@ import psycopg
 
 from joblot.errors import Unavailable
 from joblot.models import JOB_DURATION_BUCKETS, after_stop
-from joblot.store import ANY_JOB, JobFilter, JobRow, MetricCounts, NewJob, Page, TokenRow
+from joblot.store import (
+    ANY_JOB,
+    JobFilter,
+    JobRow,
+    MetricCounts,
+    NewJob,
+    Page,
+    TokenCount,
+    TokenRow,
+)
 from joblot.store.common import (
     JOB_COLUMNS,
     filter_params,
@@ -264,10 +273,15 @@ async def find_token(conn: Conn, digest: str) -> tuple[str, str] | None:
     return None if row is None else (row[0], row[1])
 
 
-async def count_tokens(conn: Conn) -> int:
-    """How many live tokens there are."""
-    row = await fetch_one(conn, "tokens.count_active")
-    return 0 if row is None else int(row[0])
+async def count_tokens(conn: Conn) -> TokenCount:
+    """How many live and how many revoked tokens there are."""
+    row = await fetch_one(conn, "tokens.count")
+    return TokenCount(live=0, revoked=0) if row is None else TokenCount(int(row[0]), int(row[1]))
+
+
+async def live_tokens(conn: Conn, token_ids: list[str]) -> set[str]:
+    """The ids among `token_ids` of live tokens."""
+    return {token_id for (token_id,) in await fetch_all(conn, "tokens.live", {"ids": token_ids})}
 
 
 # -- metrics ------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from joblot.store import (
     MetricCounts,
     NewJob,
     Page,
+    TokenCount,
     TokenRow,
     WebhookSecret,
 )
@@ -189,9 +190,13 @@ class SQLiteStore:
         """(token id, tenant) of the live token with this digest."""
         return await self._db.read(clients.find_token, digest)
 
-    async def count_tokens(self) -> int:
-        """How many live tokens there are."""
+    async def count_tokens(self) -> TokenCount:
+        """How many live and how many revoked tokens there are."""
         return await self._db.read(clients.count_tokens)
+
+    async def live_tokens(self, token_ids: list[str]) -> set[str]:
+        """The ids among `token_ids` of live tokens."""
+        return await self._db.read(clients.live_tokens, token_ids)
 
     # -- what workers do ----------------------------------------------------------------------
     # Their writes are redoable (not synced before returning): no client is told about them,

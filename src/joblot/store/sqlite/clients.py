@@ -11,7 +11,16 @@ import orjson
 
 from joblot.errors import Unavailable
 from joblot.models import JOB_DURATION_BUCKETS, Status, after_stop
-from joblot.store import ANY_JOB, JobFilter, JobRow, MetricCounts, NewJob, Page, TokenRow
+from joblot.store import (
+    ANY_JOB,
+    JobFilter,
+    JobRow,
+    MetricCounts,
+    NewJob,
+    Page,
+    TokenCount,
+    TokenRow,
+)
 from joblot.store.common import (
     filter_params,
     idempotency_key_reused,
@@ -275,10 +284,16 @@ def find_token(conn: Conn, digest: str) -> tuple[str, str] | None:
     return None if row is None else (row[0], row[1])
 
 
-def count_tokens(conn: Conn) -> int:
-    """How many live tokens there are."""
-    (count,) = fetch_one(conn, "tokens.count_active")
-    return int(count)
+def count_tokens(conn: Conn) -> TokenCount:
+    """How many live and how many revoked tokens there are."""
+    live, revoked = fetch_one(conn, "tokens.count")
+    return TokenCount(live=int(live), revoked=int(revoked))
+
+
+def live_tokens(conn: Conn, token_ids: list[str]) -> set[str]:
+    """The ids among `token_ids` of live tokens."""
+    rows = fetch_all(conn, "tokens.live", {"ids": orjson.dumps(token_ids).decode()})
+    return {token_id for (token_id,) in rows}
 
 
 # -- metrics ------------------------------------------------------------------------------------

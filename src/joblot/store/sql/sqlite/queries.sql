@@ -295,8 +295,15 @@ UPDATE tokens SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
 -- name: tokens.find
 SELECT id, tenant FROM tokens WHERE digest = :digest AND revoked_at IS NULL;
 
--- name: tokens.count_active
-SELECT count(*) FROM tokens WHERE revoked_at IS NULL;
+-- name: tokens.count
+-- Live and revoked tokens: a server with revoked tokens only stays closed.
+SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*) FILTER (WHERE revoked_at IS NOT NULL)
+FROM tokens;
+
+-- name: tokens.live
+-- Which of these tokens are still live (API nodes ask this for their open streams).
+SELECT id FROM tokens
+WHERE id IN (SELECT value FROM json_each(:ids)) AND revoked_at IS NULL;
 
 -- name: lapsed_leases
 -- Who lost which items: the leases requeue_expired.leases finds, read before they are
