@@ -46,8 +46,8 @@ def _count_sqlite() -> None:
 
     connect = connection._connect
 
-    def counted(path: str) -> sqlite3.Connection:
-        conn = connect(path)
+    def counted(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
         conn.set_trace_callback(_note)
         return conn
 

@@ -131,16 +131,23 @@ def submit_big_job(client: httpx.Client, args: argparse.Namespace) -> str:
         raise BenchError(f"submit answered {response.status_code}: {response.text[:300]}")
     job_id: str = response.json()["job_status"]["id"]
     deadline = time.monotonic() + 60
-    while client.get(f"{API}/job_statuses/{job_id}").json()["job_status"]["status"] == "queued":
+    while status_of(client, job_id) == "queued":
         if time.monotonic() > deadline:
             raise BenchError("the big job was not started within 60 s")
         time.sleep(0.1)
     return job_id
 
 
+def status_of(client: httpx.Client, job_id: str) -> str:
+    response = client.get(f"{API}/job_statuses/{job_id}")
+    if response.status_code != 200:
+        raise BenchError(f"GET status answered {response.status_code}: {response.text[:300]}")
+    status: str = response.json()["job_status"]["status"]
+    return status
+
+
 def still_running(client: httpx.Client, job_id: str) -> bool:
-    status = client.get(f"{API}/job_statuses/{job_id}").json()["job_status"]["status"]
-    return status == "working"
+    return status_of(client, job_id) == "working"
 
 
 @contextlib.contextmanager
@@ -166,18 +173,27 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[list[Level], list[Level]]:
         )
         dashboards = Dashboards(browser, server.url)
         try:
-            idle = [measure(counts, dashboards, n, args) for n in args.dashboards]
-            dashboards.close_all()
-            job_id = submit_big_job(client, args)
-            busy = []
-            for n in args.dashboards:
-                level = measure(counts, dashboards, n, args)
-                level.job_running = still_running(client, job_id)
-                busy.append(level)
-            client.post(f"{API}/job_statuses/{job_id}/cancel")
+            return measure_both(counts, dashboards, client, args)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\nthe server's log ends with:\n{server.log_tail()}") from None
         finally:
             dashboards.close_all()
             browser.close()
+
+
+def measure_both(
+    counts: Counts, dashboards: Dashboards, client: httpx.Client, args: argparse.Namespace
+) -> tuple[list[Level], list[Level]]:
+    """Every level idle, then every level while the big job runs."""
+    idle = [measure(counts, dashboards, n, args) for n in args.dashboards]
+    dashboards.close_all()
+    job_id = submit_big_job(client, args)
+    busy = []
+    for n in args.dashboards:
+        level = measure(counts, dashboards, n, args)
+        level.job_running = still_running(client, job_id)
+        busy.append(level)
+    client.post(f"{API}/job_statuses/{job_id}/cancel")
     return idle, busy
 
 
@@ -227,7 +243,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="worker processes of serve")
     p.add_argument("--items", type=int, default=100_000, help="items of the running job")
     p.add_argument(
-        "--item-seconds", type=float, default=0.01, help="each item's demo.sleep (job length)"
+        "--item-seconds", type=float, default=0.03, help="each item's demo.sleep (job length)"
     )
     p.add_argument("--seconds", type=float, default=10.0, help="length of each counting window")
     p.add_argument("--settle", type=float, default=3.0, help="wait after opening dashboards")
