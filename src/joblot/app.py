@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from joblot.errors import ConfigError
-from joblot.models import MAX_JOB_TYPE_LENGTH
+from joblot.models import MAX_JOB_TYPE_LENGTH, Limit, parse_rate
 
 Handler = Callable[[dict[str, Any], "Context"], Any]
 
@@ -61,11 +61,37 @@ class JobType:
     action: str | None = None
     max_failures: int | None = None  # the job fails once more items than this have failed
     timeout: float | None = None  # seconds an item may run; None: the server's default
+    concurrency: int | None = None  # items that run at once, cluster-wide, at most
+    rate: str | None = None  # items that start per second, minute or hour: "R/s|R/m|R/h"
+
+    @property
+    def limit(self) -> Limit | None:
+        """Its cluster-wide limits, None when it has none."""
+        if self.concurrency is None and self.rate is None:
+            return None
+        count, per = (None, 1.0) if self.rate is None else parse_rate(self.rate)
+        return Limit(concurrency=self.concurrency, rate=count, per=per)
 
     @property
     def is_async(self) -> bool:
         """True when the handler is a coroutine function, run on the worker's event loop."""
         return inspect.iscoroutinefunction(self.handler)
+
+
+def _check_limits(job_type: JobType) -> None:
+    concurrency = job_type.concurrency
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ConfigError(
+            f"job type {job_type.name!r}: concurrency must be a whole number above 0, "
+            f"not {concurrency!r}"
+        )
+    if job_type.rate is not None:
+        try:
+            parse_rate(str(job_type.rate))
+        except ValueError as exc:
+            raise ConfigError(f"job type {job_type.name!r}: {exc}") from None
 
 
 class App:
@@ -81,16 +107,26 @@ class App:
         *,
         max_failures: int | None = None,
         timeout: float | None = None,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the per-item handler of job type `name`.
 
         `timeout`: seconds an item may run before it fails with `Timeout` (default: the
-        server's `item_timeout_seconds`).
+        server's `item_timeout_seconds`). `concurrency=N`: at most N of its items run at once,
+        and `rate="R/s"` (or `/m`, `/h`): at most R of them start per second (minute, hour),
+        both counted in the database, so across every worker process on every machine.
         """
 
         def register(handler: Handler) -> Handler:
             job_type = JobType(
-                name, handler, action=action, max_failures=max_failures, timeout=timeout
+                name,
+                handler,
+                action=action,
+                max_failures=max_failures,
+                timeout=timeout,
+                concurrency=concurrency,
+                rate=rate,
             )
             self.add(job_type)
             return handler
@@ -105,6 +141,7 @@ class App:
             raise ConfigError(
                 f"job type {job_type.name!r}: timeout must be a number of seconds > 0"
             )
+        _check_limits(job_type)
         if job_type.name in self._types:
             raise ConfigError(f"job type {job_type.name!r} is registered twice")
         self._types[job_type.name] = job_type

@@ -215,6 +215,47 @@ class JobState:
     cancelled: bool = False
 
 
+RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+PERIOD_NAMES = {1.0: "second", 60.0: "minute", 3600.0: "hour"}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A job type's limits across the whole cluster: at most `concurrency` of its items run at
+    once, and at most `rate` of them start in any `per` seconds."""
+
+    concurrency: int | None = None
+    rate: int | None = None
+    per: float = 1.0
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """`"100/m"` → (100, 60.0): R starts per second (`s`), minute (`m`) or hour (`h`)."""
+    count, _, unit = text.strip().partition("/")
+    if not count.isdigit() or int(count) < 1 or unit not in RATE_PERIODS:
+        raise ValueError(f"a rate is R/s, R/m or R/h with R a whole number above 0, not {text!r}")
+    return int(count), RATE_PERIODS[unit]
+
+
+def concurrency_text(job_type: str, concurrency: int) -> str:
+    """The message of a job held back by its type's concurrency limit."""
+    return f"Throttled: at most {concurrency} {job_type} items run at once"
+
+
+def rate_text(job_type: str, limit: Limit) -> str:
+    """The message of a job held back by its type's rate limit."""
+    period = PERIOD_NAMES.get(limit.per, f"{limit.per:g} s")
+    return f"Throttled: at most {limit.rate} {job_type} items start per {period}"
+
+
+def after_throttle(state: JobState, text: str) -> JobState:
+    """Items of the job wait on their type's limit: the message says so, unless the job has
+    finished or a handler reported a message of its own (that one stays)."""
+    if state.status.finished or state.message_set or state.message == text:
+        return state
+    return replace(state, message=text)
+
+
 def after_claim(state: JobState, claimed: int) -> JobState:
     """A worker leased `claimed` items: the job is working."""
     status = Status.WORKING if state.status is Status.QUEUED else state.status

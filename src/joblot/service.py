@@ -29,6 +29,7 @@ from joblot.logs import job_event
 from joblot.models import MAX_JOB_TYPE_LENGTH, new_job_id
 from joblot.store import (
     ANY_JOB,
+    NO_LIMITS,
     AttemptOutcome,
     Claim,
     DeliveryRow,
@@ -43,6 +44,7 @@ from joblot.store import (
     Page,
     Store,
     TokenCount,
+    TypeLimits,
     WebhookSecret,
 )
 from joblot.webhooks import new_secret
@@ -379,14 +381,8 @@ class Service:
         early if the job is purged meanwhile."""
         after: int | None = None
         while True:
-            page = await self.store.list_results(
-                tenant,
-                job_id,
-                now=self.clock(),
-                after=after,
-                before=None,
-                size=size,
-                success=success,
+            page = await self.store.export_results(
+                tenant, job_id, now=self.clock(), after=after, size=size, success=success
             )
             if page is None or not page.rows:
                 return
@@ -478,14 +474,22 @@ class Service:
 
     # -- workers and maintenance ------------------------------------------------------------
 
-    async def claim_items(self, worker_id: str, job_types: list[str], limit: int) -> Claim | None:
-        """Lease a batch of items, round-robin across jobs."""
+    async def claim_items(
+        self,
+        worker_id: str,
+        job_types: list[str],
+        limit: int,
+        *,
+        limits: TypeLimits = NO_LIMITS,
+    ) -> Claim | None:
+        """Lease a batch of items, round-robin across jobs, within their types' `limits`."""
         claim = await self.store.claim_items(
             worker_id,
             job_types,
             limit=limit,
             now=self.clock(),
             lease_seconds=self.settings.lease_seconds,
+            limits=limits,
         )
         if claim is not None and claim.started:
             job_event(

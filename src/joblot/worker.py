@@ -28,7 +28,7 @@ from joblot.errors import JoblotError, Unavailable
 from joblot.logs import job_event
 from joblot.maintenance import Maintenance
 from joblot.service import Service
-from joblot.store import Claim, FinishedItem, FinishOutcome
+from joblot.store import NO_LIMITS, Claim, FinishedItem, FinishOutcome, TypeLimits
 
 log = logging.getLogger("joblot.worker")
 
@@ -57,8 +57,12 @@ class Worker:
         # Jobs this worker saw stop, so a batch claimed before the database knew is not run.
         self._stopped_jobs: dict[str, None] = {}
         self._claim_size = min(self.settings.batch_size, self.concurrency * 2)
+        # The cluster-wide limits of the job types this worker runs (counted in the database).
+        self._limits = {t.name: t.limit for t in app if t.limit is not None}
+        self._claims: dict[int, Claim] = {}  # by lease id, from the claim until its batch ends
         self._stopping = asyncio.Event()
         self._unavailable = False  # the last claim found the database unreachable
+        self._batch_done = asyncio.Event()  # a batch ended: there may be room for a claim
         self.replace = False  # it stopped itself to be replaced: a handler got stuck
         self.stuck = 0  # handler threads and tasks given up on, still running
 
@@ -119,11 +123,13 @@ class Worker:
             await in_flight.acquire()
             if self._stopping.is_set():
                 break
+            self._batch_done.clear()
             claim = await self._claim()
             if claim is None:
                 in_flight.release()
                 await self._idle()
                 continue
+            self._claims[claim.lease_id] = claim
             task = asyncio.create_task(self._run_batch(claim))
             running.add(task)
             task.add_done_callback(running.discard)
@@ -134,6 +140,8 @@ class Worker:
         waits = [
             asyncio.create_task(self._stopping.wait()),
             asyncio.create_task(self.service.wait_for_work(self.settings.idle_poll_seconds)),
+            # A batch that ends frees room a limited job type may be waiting for.
+            asyncio.create_task(self._batch_done.wait()),
         ]
         try:
             await asyncio.wait(
@@ -146,9 +154,22 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
 
+    def _type_limits(self) -> TypeLimits:
+        """The limits of this worker's job types, and how many items it can start now: a claim
+        of a limited type takes no more, so what its limit counts is really running."""
+        if not self._limits:
+            return NO_LIMITS
+        held = sum(
+            batch.leftover if (batch := self._batches.get(lease_id)) else len(claim.items)
+            for lease_id, claim in self._claims.items()
+        )
+        return TypeLimits(self._limits, max(0, self.concurrency - held))
+
     async def _claim(self) -> Claim | None:
         try:
-            claim = await self.service.claim_items(self.worker_id, self.job_types, self._claim_size)
+            claim = await self.service.claim_items(
+                self.worker_id, self.job_types, self._claim_size, limits=self._type_limits()
+            )
         except Unavailable as exc:  # said once, not at every poll: the store answers at once
             if not self._unavailable:
                 log.warning(
@@ -184,6 +205,8 @@ class Worker:
             )
         finally:
             self._batches.pop(claim.lease_id, None)
+            self._claims.pop(claim.lease_id, None)
+            self._batch_done.set()
 
     async def _run_claim(self, claim: Claim) -> None:
         job_type = self.app.get(claim.job_type)

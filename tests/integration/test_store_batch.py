@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import orjson
 import pytest
 
-from joblot.models import Status
-from joblot.store import JobFilter, JobRow, Store
+from joblot.models import Limit, Status, completion_message
+from joblot.store import Claim, JobFilter, JobRow, Store, TypeLimits
 
 from .test_store import INLINE, RETENTION, T0, TYPES, claim, done, get, new_job, submit
 
@@ -258,3 +259,154 @@ async def test_a_refused_finish_keeps_nothing(store: Store) -> None:
         retention=RETENTION,
     )
     assert await store.failed_items("", job.id, T0 + 34) == [orjson.dumps({"id": 0})]
+
+
+# -- limits per job type --------------------------------------------------------------------
+
+
+def limited(free: int = 100, **limit: Any) -> TypeLimits:
+    """demo.echo limited as given; the worker has room for `free` items."""
+    return TypeLimits({"demo.echo": Limit(**limit)}, free)
+
+
+async def take(
+    store: Store, now: float, limits: TypeLimits, types: list[str] | None = None
+) -> Claim | None:
+    return await store.claim_items(
+        "w", types or TYPES, limit=100, now=now, lease_seconds=30, limits=limits
+    )
+
+
+async def test_concurrency_counts_the_items_leased_under_live_leases(store: Store) -> None:
+    job = await submit(store, 5)
+    limits = limited(concurrency=2)
+    first = await take(store, T0, limits)
+    assert first is not None and [i.index for i in first.items] == [0, 1]
+    assert await take(store, T0 + 1, limits) is None
+    row = await get(store, job.id, T0 + 1)
+    assert row.message == "Throttled: at most 2 demo.echo items run at once"
+    await store.finish_items(
+        first.lease_id,
+        [done(first.items[0])],
+        message=None,
+        final=False,
+        now=T0 + 2,
+        retention=RETENTION,
+    )
+    second = await take(store, T0 + 3, limits)
+    assert second is not None and [i.index for i in second.items] == [2]
+
+
+async def test_a_lapsed_lease_frees_its_share_at_once(store: Store) -> None:
+    await submit(store, 5)
+    limits = limited(concurrency=2)
+    assert await take(store, T0, limits) is not None
+    assert await take(store, T0 + 29, limits) is None
+    # the lease lapsed at T0 + 30: its items count no more, before anyone requeues them
+    late = await take(store, T0 + 31, limits)
+    assert late is not None and [i.index for i in late.items] == [2, 3]
+
+
+async def test_a_claim_takes_no_more_than_the_worker_has_room_for(store: Store) -> None:
+    await submit(store, 5)
+    small = await take(store, T0, limited(free=1, concurrency=4))
+    assert small is not None and len(small.items) == 1
+    assert await take(store, T0, limited(free=0, concurrency=4)) is None
+
+
+async def test_rate_counts_the_items_started_in_the_last_period(store: Store) -> None:
+    job = await submit(store, 10)
+    limits = limited(rate=3, per=10.0)
+    first = await take(store, T0, limits)
+    assert first is not None and len(first.items) == 3
+    assert await take(store, T0 + 9.9, limits) is None
+    row = await get(store, job.id, T0 + 9.9)
+    assert row.message == "Throttled: at most 3 demo.echo items start per 10 s"
+    again = await take(store, T0 + 10.1, limits)
+    assert again is not None and [i.index for i in again.items] == [3, 4, 5]
+
+
+async def test_the_tighter_limit_holds(store: Store) -> None:
+    await submit(store, 10)
+    claimed = await take(store, T0, limited(concurrency=5, rate=2, per=60.0))
+    assert claimed is not None and len(claimed.items) == 2
+
+
+async def test_a_type_held_back_delays_no_other_type(store: Store) -> None:
+    limited_job = await submit(store, 5)
+    other = dataclasses.replace(new_job(2, at=T0 + 1), job_type="other.type")
+    other_row, _ = await store.submit_job(other)
+    limits = limited(concurrency=1)
+    types = ["demo.echo", "other.type"]
+    first = await take(store, T0 + 2, limits, types)
+    assert first is not None and first.job_id == limited_job.id
+    # demo.echo is at its limit and its job was served longest ago: other.type goes next
+    second = await take(store, T0 + 3, limits, types)
+    assert second is not None and second.job_id == other_row.id
+    assert await take(store, T0 + 4, limits, types) is None
+
+
+async def test_a_handlers_message_is_kept_and_completion_replaces_the_throttle(
+    store: Store,
+) -> None:
+    job = await submit(store, 2)
+    limits = limited(concurrency=1)
+    first = await take(store, T0, limits)
+    assert first is not None
+    row = await get(store, job.id, T0)
+    assert row.message == "Throttled: at most 1 demo.echo items run at once"  # the limit binds
+    await store.finish_items(
+        first.lease_id,
+        [done(first.items[0])],
+        message="halfway",
+        final=True,
+        now=T0 + 1,
+        retention=RETENTION,
+    )
+    second = await take(store, T0 + 2, limits)
+    assert second is not None
+    assert (await get(store, job.id, T0 + 2)).message == "halfway"
+    await store.finish_items(
+        second.lease_id,
+        [done(second.items[0])],
+        message=None,
+        final=True,
+        now=T0 + 3,
+        retention=RETENTION,
+    )
+    assert (await get(store, job.id, T0 + 3)).message == "halfway"
+    clean = await submit(store, 2, at=T0 + 4)
+    for at in (T0 + 5, T0 + 6):
+        claimed = await take(store, at, limits)
+        assert claimed is not None
+        await store.finish_items(
+            claimed.lease_id,
+            [done(i) for i in claimed.items],
+            message=None,
+            final=True,
+            now=at,
+            retention=RETENTION,
+        )
+    assert (await get(store, clean.id, T0 + 7)).message == completion_message(T0 + 6)
+
+
+@pytest.mark.parametrize("success", [None, False])
+async def test_an_export_reads_the_pages_a_listing_reads(
+    store: Store, success: bool | None
+) -> None:
+    job = await _finished_with_failures(store, 10)
+    exported, after = [], None
+    while True:
+        page = await store.export_results(
+            "", job.id, now=T0 + 3, after=after, size=3, success=success
+        )
+        assert page is not None
+        exported += page.rows
+        if not page.has_more:
+            break
+        after = page.rows[-1][0]
+    listed = await store.list_results(
+        "", job.id, now=T0 + 3, after=None, before=None, size=100, success=success
+    )
+    assert listed is not None and exported == listed.rows
+    assert await store.export_results("x", job.id, now=T0, after=None, size=3) is None

@@ -109,6 +109,7 @@ ONLY_POSTGRES = {
     "acknowledged.synchronous_commit": "SQLite syncs acknowledged writes in Database.write",
     "durability.settings": "the server's fsync and synchronous_commit; SQLite has no server",
     "claim_items.any_runnable": "a lock-free probe before the claim transaction",
+    "claim_items.lock_type": "claims of a limited job type run in parallel on other nodes",
     "finish_items.record": "the whole batch as arrays in one round trip",
     "finish_items.lease_held": "re-checked under the job row lock: writers run in parallel",
     "get_jobs.select": "show_many in one round trip",

@@ -9,11 +9,12 @@ chores: requeue, purge, leadership) and, for PostgreSQL, `notify.py`. What both 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from joblot.errors import ConfigError
-from joblot.models import Status
+from joblot.models import Limit, Status
 
 T = TypeVar("T")
 
@@ -100,6 +101,20 @@ class ClaimedItem:
     index: int
     payload: bytes
     attempt: int
+
+
+@dataclass(frozen=True)
+class TypeLimits:
+    """The cluster-wide limits of the job types a worker runs (`by_type`), and how many items
+    of a limited type it can start right now (`free`): a claim of a limited type takes no
+    more than that, so that the items its limit counts are running, not waiting in one worker
+    while another has room."""
+
+    by_type: Mapping[str, Limit] = field(default_factory=dict)
+    free: int = 0
+
+
+NO_LIMITS = TypeLimits()
 
 
 @dataclass(frozen=True)
@@ -304,6 +319,19 @@ class Store(Protocol):
         """Result entries of a job by index, after or before an index, only the failed or the
         succeeded ones if `success` says which; None if no such job."""
 
+    async def export_results(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        now: float,
+        after: int | None,
+        size: int,
+        success: bool | None = None,
+    ) -> Page[tuple[int, bytes]] | None:
+        """One page of an export: `list_results` going on from `after`, read so that reading a
+        whole job in pages grows no cache with it."""
+
     async def failed_items(self, tenant: str, job_id: str, now: float) -> list[bytes] | None:
         """The payloads of a job's failed items, as submitted, in index order; None if there
         is no such job."""
@@ -321,9 +349,17 @@ class Store(Protocol):
         """
 
     async def claim_items(
-        self, worker_id: str, job_types: list[str], *, limit: int, now: float, lease_seconds: float
+        self,
+        worker_id: str,
+        job_types: list[str],
+        *,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        limits: TypeLimits = NO_LIMITS,
     ) -> Claim | None:
-        """Lease up to `limit` items of the least recently served runnable job."""
+        """Lease up to `limit` items of the least recently served runnable job whose type's
+        `limits` leave room; the jobs of a type held back say so in their message."""
 
     async def finish_items(
         self,

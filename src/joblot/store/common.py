@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from joblot import codec
@@ -9,10 +10,13 @@ from joblot.errors import IdempotencyKeyReused, JobFinished, TooManyJobs
 from joblot.models import (
     JOB_DURATION_BUCKETS,
     JobState,
+    Limit,
     Status,
     check_transition,
+    concurrency_text,
     failure_entry,
     new_job_id,
+    rate_text,
 )
 from joblot.store import (
     AttemptOutcome,
@@ -343,6 +347,43 @@ def lapsed_lease(row: tuple[Any, ...]) -> LapsedLease:
     """A LapsedLease from a row of `lapsed_leases`."""
     lease_id, worker_id, job_id, job_type, tenant, status, items = row
     return LapsedLease(lease_id, worker_id, job_id, job_type, tenant, Status(status), int(items))
+
+
+# -- limits per job type ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a claim would take: a job and how many of its items (None: nothing now), and the
+    jobs held back by their type's limit, each with the message that says so."""
+
+    job: tuple[str, str, str] | None = None  # id, job type, tenant
+    size: int = 0
+    throttle: str | None = None  # the picked job's message, when its limit cut the claim
+    held_back: list[tuple[str, str]] = field(default_factory=list)
+    rule: Limit | None = None  # the picked job's type's limits
+
+
+def allowance(limit: Limit, job_type: str, *, running: int, started: int) -> tuple[int, str]:
+    """How many more items of a limited job type may start now (0: none), and the message of
+    its jobs when the limit is what holds them back: the tighter of its concurrency (items
+    `running`) and its rate (items `started` in the last period)."""
+    room: list[tuple[int, str]] = []
+    if limit.concurrency is not None:
+        room.append((limit.concurrency - running, concurrency_text(job_type, limit.concurrency)))
+    if limit.rate is not None:
+        room.append((limit.rate - started, rate_text(job_type, limit)))
+    size, text = min(room)
+    return max(0, size), text
+
+
+def needs_throttle_message(row: tuple[Any, ...] | None, text: str) -> bool:
+    """Whether a held-back job's message (`claim_items.throttled`: status, message,
+    message_set) would change to `text`."""
+    if row is None:
+        return False
+    status, message, message_set = row
+    return not Status(status).finished and not message_set and message != text
 
 
 # -- pages --------------------------------------------------------------------------------------

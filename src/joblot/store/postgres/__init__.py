@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from joblot.store import (
     ANY_JOB,
+    NO_LIMITS,
     AttemptOutcome,
     Claim,
     DeliveryRow,
@@ -22,6 +23,7 @@ from joblot.store import (
     Page,
     TokenCount,
     TokenRow,
+    TypeLimits,
     WebhookSecret,
 )
 from joblot.store.postgres import clients, connection, maintenance, webhooks, work
@@ -144,6 +146,22 @@ class PostgresStore:
                 success=success,
             )
 
+    async def export_results(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        now: float,
+        after: int | None,
+        size: int,
+        success: bool | None = None,
+    ) -> Page[tuple[int, bytes]] | None:
+        """A page of `list_results`: the server's shared buffers hold what it reads, not this
+        process."""
+        return await self.list_results(
+            tenant, job_id, now=now, after=after, before=None, size=size, success=success
+        )
+
     async def failed_items(self, tenant: str, job_id: str, now: float) -> list[bytes] | None:
         """The payloads of a job's failed items, as submitted, in index order."""
         async with self._pool.connection() as conn:
@@ -196,12 +214,26 @@ class PostgresStore:
     # -- what workers do ----------------------------------------------------------------------
 
     async def claim_items(
-        self, worker_id: str, job_types: list[str], *, limit: int, now: float, lease_seconds: float
+        self,
+        worker_id: str,
+        job_types: list[str],
+        *,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        limits: TypeLimits = NO_LIMITS,
     ) -> Claim | None:
-        """Lease a batch of the least recently served runnable job."""
+        """Lease a batch of the least recently served runnable job whose type's limits leave
+        room."""
         async with self._pool.connection() as conn:
             return await work.claim_items(
-                conn, worker_id, job_types, limit=limit, now=now, lease_seconds=lease_seconds
+                conn,
+                worker_id,
+                job_types,
+                limit=limit,
+                now=now,
+                lease_seconds=lease_seconds,
+                limits=limits,
             )
 
     async def finish_items(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from joblot.models import after_claim, after_finish, after_requeue, stopped
-from joblot.store import Claim, ClaimedItem, FinishedItem, FinishOutcome
+from joblot.models import Limit, after_claim, after_finish, after_requeue, after_throttle, stopped
+from joblot.store import NO_LIMITS, Claim, ClaimedItem, FinishedItem, FinishOutcome, TypeLimits
 from joblot.store.common import (
     LEASES_EXPIRED,
     NO_ATTEMPT_LIMIT,
+    Choice,
     Refused,
+    allowance,
+    needs_throttle_message,
     total_params,
     worker_lost,
 )
@@ -35,13 +38,15 @@ async def claim_items(
     limit: int,
     now: float,
     lease_seconds: float,
+    limits: TypeLimits = NO_LIMITS,
 ) -> Claim | None:
-    """Lease up to `limit` items of the least recently served runnable job.
+    """Lease up to `limit` items of the least recently served runnable job whose type's
+    limits leave room.
 
     The job is picked without a lock and its items are leased with SKIP LOCKED, so claims of
     one job by many workers run side by side; the job row is locked last, only to count the
     claim, as finishes do. A claim that leased nothing, or whose job stopped meanwhile, rolls
-    back and answers None.
+    back and answers None. Claims of one limited type take turns (claim_items.lock_type).
     """
     # The cheap read first: an idle worker on an idle database opens no transaction.
     found = await fetch_one(conn, "claim_items.any_runnable", {"job_types": job_types})
@@ -49,39 +54,41 @@ async def claim_items(
         return None
     try:
         async with conn.transaction():
-            return await _claim(
-                conn, worker_id, job_types, limit=limit, now=now, lease_seconds=lease_seconds
-            )
+            choice = await _choose(conn, job_types, limit=limit, now=now, limits=limits)
+            for job_id, text in choice.held_back:
+                await _throttle(conn, job_id, text, now)
+            if choice.job is None:
+                return None
+            return await _lease(conn, worker_id, choice, now=now, lease_seconds=lease_seconds)
     except Refused:  # another worker took the items, or the job stopped: try again
         return None
 
 
-async def _claim(
-    conn: Conn,
-    worker_id: str,
-    job_types: list[str],
-    *,
-    limit: int,
-    now: float,
-    lease_seconds: float,
-) -> Claim | None:
-    picked = await fetch_one(conn, "claim_items.pick_job", {"job_types": job_types})
-    if picked is None:
-        return None
-    job_id, job_type, tenant = picked
+async def _lease(
+    conn: Conn, worker_id: str, choice: Choice, *, now: float, lease_seconds: float
+) -> Claim:
+    assert choice.job is not None
+    job_id, job_type, tenant = choice.job
     lease = await fetch_one(
         conn,
         "claim_items.insert_lease",
-        {"job_id": job_id, "worker_id": worker_id, "expires_at": now + lease_seconds},
+        {
+            "job_id": job_id,
+            "worker_id": worker_id,
+            "expires_at": now + lease_seconds,
+            "job_type": job_type,
+        },
     )
     assert lease is not None
-    rows = await fetch_all(
-        conn, "claim_items.lease_items", {"job_id": job_id, "lease_id": lease[0], "limit": limit}
-    )
+    params = {"job_id": job_id, "lease_id": lease[0], "limit": choice.size}
+    rows = await fetch_all(conn, "claim_items.lease_items", params)
+    await _count_start(conn, choice, len(rows), now)
     state = await lock_state(conn, job_id)
     if not rows or state is None or state.status.finished:
         raise Refused()
     new = after_claim(state, len(rows))
+    if choice.throttle is not None and new.pending > 0:
+        new = after_throttle(new, choice.throttle)
     await save_state(conn, job_id, state, new, now=now, retention=0.0, claimed_at=now)
     items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
     return Claim(
@@ -92,6 +99,75 @@ async def _claim(
         tenant=tenant,
         started=state.status is not new.status,
     )
+
+
+async def _choose(
+    conn: Conn, job_types: list[str], *, limit: int, now: float, limits: TypeLimits
+) -> Choice:
+    """The least recently served runnable job of a type with room, skipping the types whose
+    limit is reached (their next job is held back), that another claim is serving right now,
+    or that this worker has no room for."""
+    skipped = {t for t in limits.by_type if limits.free <= 0}
+    held_back: list[tuple[str, str]] = []
+    while True:
+        wanted = [t for t in job_types if t not in skipped]
+        if not wanted:
+            return Choice(held_back=held_back)
+        picked = await fetch_one(conn, "claim_items.pick_job", {"job_types": wanted})
+        if picked is None:
+            return Choice(held_back=held_back)
+        job_id, job_type, tenant = picked
+        rule = limits.by_type.get(job_type)
+        if rule is None:
+            return Choice((job_id, job_type, tenant), limit, None, held_back, None)
+        skipped.add(job_type)
+        locked = await fetch_one(conn, "claim_items.lock_type", {"job_type": job_type})
+        if locked is None or not locked[0]:
+            continue  # another claim is serving this type: leave it to that one
+        room, text = allowance(rule, job_type, **await _counts(conn, rule, job_type, now))
+        wanted_size = min(limit, limits.free)
+        if room > 0:
+            throttle = text if room < wanted_size else None
+            size = min(room, wanted_size)
+            return Choice((job_id, job_type, tenant), size, throttle, held_back, rule)
+        held_back.append((job_id, text))
+
+
+async def _counts(conn: Conn, rule: Limit, job_type: str, now: float) -> dict[str, int]:
+    """What a limited type's limits count: its items running now, started in the period."""
+    running = started = 0
+    if rule.concurrency is not None:
+        found = await fetch_one(conn, "claim_items.running", {"job_type": job_type, "now": now})
+        running = 0 if found is None else int(found[0])
+    if rule.rate is not None:
+        since = {"job_type": job_type, "since": now - rule.per}
+        found = await fetch_one(conn, "claim_items.started", since)
+        started = 0 if found is None else int(found[0])
+    return {"running": running, "started": started}
+
+
+async def _count_start(conn: Conn, choice: Choice, count: int, now: float) -> None:
+    """Note the items a claim of a rate-limited type started, and forget those out of the
+    period."""
+    rule = choice.rule
+    if rule is None or rule.rate is None or count == 0 or choice.job is None:
+        return
+    job_type = choice.job[1]
+    await rowcount(
+        conn, "claim_items.forget_starts", {"job_type": job_type, "since": now - rule.per}
+    )
+    params = {"job_type": job_type, "now": now, "count": count}
+    await rowcount(conn, "claim_items.record_start", params)
+
+
+async def _throttle(conn: Conn, job_id: str, text: str, now: float) -> None:
+    """A job held back by its type's limit says so in its message."""
+    row = await fetch_one(conn, "claim_items.throttled", {"id": job_id})
+    if not needs_throttle_message(row, text):
+        return
+    old = await lock_state(conn, job_id)
+    if old is not None:
+        await save_state(conn, job_id, old, after_throttle(old, text), now=now, retention=0.0)
 
 
 async def finish_items(

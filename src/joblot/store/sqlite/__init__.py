@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from joblot.store import (
     ANY_JOB,
+    NO_LIMITS,
     AttemptOutcome,
     Claim,
     DeliveryRow,
@@ -26,6 +27,7 @@ from joblot.store import (
     Page,
     TokenCount,
     TokenRow,
+    TypeLimits,
     WebhookSecret,
 )
 from joblot.store.sqlite import clients, connection, maintenance, webhooks, work
@@ -158,6 +160,28 @@ class SQLiteStore:
             success=success,
         )
 
+    async def export_results(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        now: float,
+        after: int | None,
+        size: int,
+        success: bool | None = None,
+    ) -> Page[tuple[int, bytes]] | None:
+        """A page of `list_results` on the scan thread, whose connection keeps a small cache."""
+        return await self._db.scan(
+            clients.list_results,
+            tenant,
+            job_id,
+            now=now,
+            after=after,
+            before=None,
+            size=size,
+            success=success,
+        )
+
     async def failed_items(self, tenant: str, job_id: str, now: float) -> list[bytes] | None:
         """The payloads of a job's failed items, as submitted, in index order."""
         return await self._db.read(clients.failed_items, tenant, job_id, now)
@@ -203,9 +227,17 @@ class SQLiteStore:
     # and leases fence them, so what a power cut takes back is run again, never counted twice.
 
     async def claim_items(
-        self, worker_id: str, job_types: list[str], *, limit: int, now: float, lease_seconds: float
+        self,
+        worker_id: str,
+        job_types: list[str],
+        *,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        limits: TypeLimits = NO_LIMITS,
     ) -> Claim | None:
-        """Lease a batch of the least recently served runnable job."""
+        """Lease a batch of the least recently served runnable job whose type's limits leave
+        room."""
         return await self._db.write_redoable(
             work.claim_items,
             worker_id,
@@ -213,6 +245,7 @@ class SQLiteStore:
             limit=limit,
             now=now,
             lease_seconds=lease_seconds,
+            limits=limits,
         )
 
     async def finish_items(

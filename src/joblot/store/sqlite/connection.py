@@ -27,6 +27,11 @@ Conn = sqlite3.Connection
 SQL = queries("sqlite")
 
 READERS = 4  # reader threads per process, each with its own connection
+CACHE_KIB = 65536  # page cache of each connection
+# The page cache of the connection that exports read through: an export reads a job once, in
+# order, and must neither grow the process by a full cache nor push the pages that status
+# reads keep using out of the readers' caches.
+SCAN_CACHE_KIB = 2048
 BUSY_SECONDS = 30.0  # how long a write waits for another process's write lock
 LOCK_POLL_SECONDS = 0.001  # how often a waiting write tries for the lock again
 _TRANSIENT = re.compile(r"locked|busy|unable to open|disk I/O")
@@ -49,7 +54,7 @@ def _use_wal(conn: Conn, seconds: float = BUSY_SECONDS) -> None:
             time.sleep(0.05)
 
 
-def _connect(path: str, sync: str) -> Conn:
+def _connect(path: str, sync: str, cache_kib: int = CACHE_KIB) -> Conn:
     conn = sqlite3.connect(
         path, isolation_level=None, timeout=BUSY_SECONDS, check_same_thread=False
     )
@@ -58,7 +63,7 @@ def _connect(path: str, sync: str) -> Conn:
     # NORMAL: a commit is written to the WAL but not synced, so it survives the process but
     # not a power cut; acknowledged writes are synced on top of it (see Database.write).
     conn.execute(f"PRAGMA synchronous = {'FULL' if sync == 'database' else 'NORMAL'}")
-    conn.execute("PRAGMA cache_size = -65536")
+    conn.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
     return conn
 
 
@@ -239,11 +244,12 @@ class Database:
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="joblot-sqlite-writer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="joblot-sqlite-reader")
+        self._scanner = ThreadPoolExecutor(1, thread_name_prefix="joblot-sqlite-scan")
 
-    def _conn(self) -> Conn:
+    def _conn(self, cache_kib: int = CACHE_KIB) -> Conn:
         conn: Conn | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self._path, self._sync)
+            conn = _connect(self._path, self._sync, cache_kib)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -277,11 +283,19 @@ class Database:
         """`fn(conn, *args, **kwargs)` on a reader thread."""
         return await self._call(self._readers, fn, *args, **kwargs)
 
+    async def scan(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """`fn(conn, *args, **kwargs)` on the thread of long, one-pass reads (exports), whose
+        connection keeps a small page cache."""
+        call = functools.partial(self._with_scan_conn, fn, *args, **kwargs)
+        return await self._run(self._scanner, call)
+
     async def _call(
         self, pool: ThreadPoolExecutor, fn: Callable[..., R], *args: Any, **kwargs: Any
     ) -> R:
+        return await self._run(pool, functools.partial(self._with_conn, fn, *args, **kwargs))
+
+    async def _run(self, pool: ThreadPoolExecutor, call: Callable[[], R]) -> R:
         loop = asyncio.get_running_loop()
-        call = functools.partial(self._with_conn, fn, *args, **kwargs)
         try:
             return await loop.run_in_executor(pool, call)
         except sqlite3.OperationalError as exc:
@@ -292,10 +306,14 @@ class Database:
     def _with_conn(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         return fn(self._conn(), *args, **kwargs)
 
+    def _with_scan_conn(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        return fn(self._conn(SCAN_CACHE_KIB), *args, **kwargs)
+
     async def close(self) -> None:
         """Close every connection and stop the threads."""
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        self._scanner.shutdown(wait=True)
         if self._group is not None:
             self._group.close()
         with self._lock:

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import orjson
 
-from joblot.models import after_claim, after_finish, after_requeue, stopped
-from joblot.store import Claim, ClaimedItem, FinishedItem, FinishOutcome
-from joblot.store.common import NO_ATTEMPT_LIMIT, Refused, worker_lost
+from joblot.models import Limit, after_claim, after_finish, after_requeue, after_throttle, stopped
+from joblot.store import NO_LIMITS, Claim, ClaimedItem, FinishedItem, FinishOutcome, TypeLimits
+from joblot.store.common import (
+    NO_ATTEMPT_LIMIT,
+    Choice,
+    Refused,
+    allowance,
+    needs_throttle_message,
+    worker_lost,
+)
 from joblot.store.sqlite.connection import (
     SQL,
     Conn,
@@ -31,28 +38,41 @@ def claim_items(
     limit: int,
     now: float,
     lease_seconds: float,
+    limits: TypeLimits = NO_LIMITS,
 ) -> Claim | None:
-    """Lease up to `limit` items of the least recently served runnable job."""
-    types = {"job_types": orjson.dumps(job_types).decode()}
-    # A cheap read first: an idle worker polling an idle database takes no write lock.
-    if fetch_one(conn, "claim_items.pick_job", types) is None:
+    """Lease up to `limit` items of the least recently served runnable job whose type's
+    limits leave room."""
+    # A cheap read first: an idle worker polling an idle database (or one whose only jobs
+    # wait on a limit, and already say so) takes no write lock.
+    choice = _choose(conn, job_types, limit=limit, now=now, limits=limits)
+    if choice.job is None and not _messages_due(conn, choice):
         return None
     with transaction(conn):
-        picked = fetch_one(conn, "claim_items.pick_job", types)
-        if picked is None:
+        choice = _choose(conn, job_types, limit=limit, now=now, limits=limits)
+        for job_id, text in choice.held_back:
+            _throttle(conn, job_id, text, now)
+        if choice.job is None:
             return None
-        job_id, job_type, tenant = picked
-        lease = {"job_id": job_id, "worker_id": worker_id, "expires_at": now + lease_seconds}
+        job_id, job_type, tenant = choice.job
+        lease = {
+            "job_id": job_id,
+            "worker_id": worker_id,
+            "expires_at": now + lease_seconds,
+            "job_type": job_type,
+        }
         lease_id = conn.execute(SQL["claim_items.insert_lease"], lease).lastrowid
         assert lease_id is not None
         rows = fetch_all(
             conn,
             "claim_items.lease_items",
-            {"job_id": job_id, "lease_id": lease_id, "limit": limit},
+            {"job_id": job_id, "lease_id": lease_id, "limit": choice.size},
         )
+        _count_start(conn, choice, len(rows), now)
         old = lock_state(conn, job_id)
         assert old is not None  # picked in this very transaction
         new = after_claim(old, len(rows))
+        if choice.throttle is not None and new.pending > 0:
+            new = after_throttle(new, choice.throttle)
         save_state(conn, job_id, old, new, now=now, retention=0.0, claimed_at=now)
     items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
     return Claim(
@@ -63,6 +83,75 @@ def claim_items(
         tenant=tenant,
         started=old.status is not new.status,
     )
+
+
+def _choose(
+    conn: Conn, job_types: list[str], *, limit: int, now: float, limits: TypeLimits
+) -> Choice:
+    """The least recently served runnable job of a type with room, skipping the types whose
+    limit is reached (their next job is held back) or that this worker has no room for."""
+    skipped = {t for t in limits.by_type if limits.free <= 0}
+    held_back: list[tuple[str, str]] = []
+    while True:
+        wanted = [t for t in job_types if t not in skipped]
+        if not wanted:
+            return Choice(held_back=held_back)
+        types = {"job_types": orjson.dumps(wanted).decode()}
+        picked = fetch_one(conn, "claim_items.pick_job", types)
+        if picked is None:
+            return Choice(held_back=held_back)
+        job_id, job_type, tenant = picked
+        rule = limits.by_type.get(job_type)
+        if rule is None:
+            return Choice((job_id, job_type, tenant), limit, None, held_back, None)
+        skipped.add(job_type)
+        room, text = allowance(rule, job_type, **_counts(conn, rule, job_type, now))
+        wanted_size = min(limit, limits.free)
+        if room > 0:
+            throttle = text if room < wanted_size else None
+            size = min(room, wanted_size)
+            return Choice((job_id, job_type, tenant), size, throttle, held_back, rule)
+        held_back.append((job_id, text))
+
+
+def _counts(conn: Conn, rule: Limit, job_type: str, now: float) -> dict[str, int]:
+    """What a limited type's limits count: its items running now, started in the period."""
+    running = started = 0
+    if rule.concurrency is not None:
+        (running,) = fetch_one(conn, "claim_items.running", {"job_type": job_type, "now": now})
+    if rule.rate is not None:
+        since = {"job_type": job_type, "since": now - rule.per}
+        (started,) = fetch_one(conn, "claim_items.started", since)
+    return {"running": running, "started": started}
+
+
+def _count_start(conn: Conn, choice: Choice, count: int, now: float) -> None:
+    """Note the items a claim of a rate-limited type started, and forget those out of the
+    period."""
+    rule = choice.rule
+    if rule is None or rule.rate is None or count == 0 or choice.job is None:
+        return
+    job_type = choice.job[1]
+    rowcount(conn, "claim_items.forget_starts", {"job_type": job_type, "since": now - rule.per})
+    params = {"job_type": job_type, "now": now, "count": count}
+    rowcount(conn, "claim_items.record_start", params)
+
+
+def _messages_due(conn: Conn, choice: Choice) -> bool:
+    """Whether a held-back job's message does not say so yet."""
+    return any(
+        needs_throttle_message(fetch_one(conn, "claim_items.throttled", {"id": job_id}), text)
+        for job_id, text in choice.held_back
+    )
+
+
+def _throttle(conn: Conn, job_id: str, text: str, now: float) -> None:
+    """A job held back by its type's limit says so in its message."""
+    if not needs_throttle_message(fetch_one(conn, "claim_items.throttled", {"id": job_id}), text):
+        return
+    old = lock_state(conn, job_id)
+    if old is not None:
+        save_state(conn, job_id, old, after_throttle(old, text), now=now, retention=0.0)
 
 
 def finish_items(

@@ -242,9 +242,41 @@ WHERE pending > 0 AND status IN ('queued', 'working') AND job_type = ANY(%(job_t
 ORDER BY claimed_at LIMIT 1;
 
 -- name: claim_items.insert_lease
-INSERT INTO leases (job_id, worker_id, expires_at)
-VALUES (%(job_id)s, %(worker_id)s, %(expires_at)s)
+INSERT INTO leases (job_id, worker_id, expires_at, job_type)
+VALUES (%(job_id)s, %(worker_id)s, %(expires_at)s, %(job_type)s)
 RETURNING id;
+
+-- name: claim_items.running
+-- A limited job type's items leased under live leases, which its `concurrency` counts. A
+-- lapsed lease's items count no more, so a dead worker's share is free again as soon as its
+-- lease lapses (the items themselves go back to the queue at the next requeue).
+SELECT count(*) FROM leases JOIN items ON items.lease_id = leases.id AND items.state = 'leased'
+WHERE leases.job_type = %(job_type)s AND leases.expires_at >= %(now)s;
+
+-- name: claim_items.started
+-- A rate-limited job type's items started (claimed) in the last period: a sliding window.
+SELECT coalesce(sum(count), 0) FROM job_type_starts
+WHERE job_type = %(job_type)s AND at > %(since)s;
+
+-- name: claim_items.record_start
+INSERT INTO job_type_starts (job_type, at, count) VALUES (%(job_type)s, %(now)s, %(count)s);
+
+-- name: claim_items.forget_starts
+DELETE FROM job_type_starts WHERE job_type = %(job_type)s AND at <= %(since)s;
+
+-- name: claim_items.throttled
+-- A job held back by its type's limit: its message, read before anything is written, so a
+-- job whose message already says so is not written again.
+SELECT status, message, message_set FROM jobs WHERE id = %(id)s;
+
+-- name: claim_items.lock_type
+-- Differs by necessity from SQLite, whose single writer serializes claims: claims of one
+-- limited job type take turns from counting its items to committing, so two of them never
+-- both take the last free slot. A try-lock, never waited for: a claim that finds the type
+-- busy (another claim is serving it this very moment) leaves it to that claim and looks at
+-- the other types, so a limited type never holds up the rest.
+SELECT pg_try_advisory_xact_lock(1785684591, hashtext(%(job_type)s));
+
 
 -- name: claim_items.lease_items
 -- Differs by necessity from SQLite: pending items are taken with SKIP LOCKED in index order,

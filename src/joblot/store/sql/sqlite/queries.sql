@@ -175,7 +175,32 @@ WHERE pending > 0 AND status IN ('queued', 'working')
 ORDER BY claimed_at LIMIT 1;
 
 -- name: claim_items.insert_lease
-INSERT INTO leases (job_id, worker_id, expires_at) VALUES (:job_id, :worker_id, :expires_at);
+INSERT INTO leases (job_id, worker_id, expires_at, job_type)
+VALUES (:job_id, :worker_id, :expires_at, :job_type);
+
+-- name: claim_items.running
+-- A limited job type's items leased under live leases, which its `concurrency` counts. A
+-- lapsed lease's items count no more, so a dead worker's share is free again as soon as its
+-- lease lapses (the items themselves go back to the queue at the next requeue).
+SELECT count(*) FROM leases JOIN items ON items.lease_id = leases.id AND items.state = 'leased'
+WHERE leases.job_type = :job_type AND leases.expires_at >= :now;
+
+-- name: claim_items.started
+-- A rate-limited job type's items started (claimed) in the last period: a sliding window.
+SELECT coalesce(sum(count), 0) FROM job_type_starts
+WHERE job_type = :job_type AND at > :since;
+
+-- name: claim_items.record_start
+INSERT INTO job_type_starts (job_type, at, count) VALUES (:job_type, :now, :count);
+
+-- name: claim_items.forget_starts
+DELETE FROM job_type_starts WHERE job_type = :job_type AND at <= :since;
+
+-- name: claim_items.throttled
+-- A job held back by its type's limit: its message, read before anything is written, so a
+-- job whose message already says so is not written again.
+SELECT status, message, message_set FROM jobs WHERE id = :id;
+
 
 -- name: claim_items.lease_items
 -- Differs by necessity from PostgreSQL: SQLite has one writer at a time, so the
