@@ -340,7 +340,7 @@ class Routes:
     async def metrics(self, request: Request) -> Response:
         """GET /metrics: Prometheus metrics; job counts are read from the database now."""
         counts = await self.service.metric_counts()
-        body = exposition(counts, self.http_metrics, self.service.app.names())
+        body = exposition(counts, self.http_metrics, self.service.app)
         return Response(body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache"})
 
     async def health(self, request: Request) -> Response:

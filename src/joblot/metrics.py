@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from joblot.app import JobType
 from joblot.models import JOB_DURATION_BUCKETS
 from joblot.store import MetricCounts
 
@@ -205,11 +206,13 @@ def _durations(counts: MetricCounts) -> dict[tuple[tuple[str, str], ...], Histog
     return series
 
 
-def exposition(counts: MetricCounts, http: HttpMetrics, job_types: Iterable[str] = ()) -> bytes:
+def exposition(counts: MetricCounts, http: HttpMetrics, job_types: Iterable[JobType] = ()) -> bytes:
     """Every joblot metric in the Prometheus text format. `job_types` (the registered ones)
-    get an `items_waiting` series even while none of their items waits."""
+    get `items_waiting` and `items_running` series even while none of their items waits or
+    runs, and their cluster-wide limits."""
     out = Exposition()
-    items, jobs, waiting = _items_and_jobs(counts, job_types)
+    registered = list(job_types)
+    items, jobs, waiting = _items_and_jobs(counts, [t.name for t in registered])
     out.family(
         "joblot_items_finished_total",
         "counter",
@@ -228,6 +231,15 @@ def exposition(counts: MetricCounts, http: HttpMetrics, job_types: Iterable[str]
         "Items of queued or working jobs not yet claimed by a worker, by job type.",
         (({"job_type": t}, v) for t, v in sorted(waiting.items())),
     )
+    running = dict.fromkeys((t.name for t in registered), 0.0)
+    running.update((t, float(n)) for t, n in counts.running)
+    out.family(
+        "joblot_items_running",
+        "gauge",
+        "Items held by workers under live leases, by job type (what a concurrency limit counts).",
+        (({"job_type": t}, v) for t, v in sorted(running.items())),
+    )
+    _limit_families(out, registered)
     out.family(
         "joblot_leases_active",
         "gauge",
@@ -257,6 +269,22 @@ def exposition(counts: MetricCounts, http: HttpMetrics, job_types: Iterable[str]
     )
     _http_families(out, http)
     return out.render()
+
+
+def _limit_families(out: Exposition, job_types: list[JobType]) -> None:
+    limits = [(t.name, t.limit) for t in job_types if t.limit is not None]
+    out.family(
+        "joblot_job_type_concurrency_limit",
+        "gauge",
+        "Items of the job type that may run at once, cluster-wide (types with a limit only).",
+        (({"job_type": name}, limit.concurrency) for name, limit in limits if limit.concurrency),
+    )
+    out.family(
+        "joblot_job_type_rate_limit",
+        "gauge",
+        "Items of the job type that may start per second, cluster-wide (types with a limit only).",
+        (({"job_type": name}, limit.rate / limit.per) for name, limit in limits if limit.rate),
+    )
 
 
 def _http_families(out: Exposition, http: HttpMetrics) -> None:

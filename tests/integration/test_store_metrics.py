@@ -57,11 +57,13 @@ async def test_counts_come_from_the_jobs_as_they_run(store: Store) -> None:
     )
     counts = await store.metric_counts(T0 + 2)
     assert counts.leases_active == 1
+    assert counts.running == [("demo.echo", 1)]  # 3 claimed, 2 of them finished
     (working,) = counts.jobs
     assert (working.job_type, working.status, working.jobs) == ("demo.echo", Status.WORKING, 1)
     assert (working.succeeded, working.failed, working.waiting) == (1, 1, 1)
     assert counts.durations == []
-    assert (await store.metric_counts(T0 + 2 + LEASE)).leases_active == 0  # lapsed: not live
+    lapsed = await store.metric_counts(T0 + 2 + LEASE)
+    assert (lapsed.leases_active, lapsed.running) == (0, [])  # lapsed: nothing runs any more
 
 
 async def test_purging_a_job_keeps_everything_it_counted(store: Store) -> None:

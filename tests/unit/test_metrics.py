@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from joblot.app import App
+from joblot.demo import app as demo_app
 from joblot.metrics import HttpMetrics, exposition, route_label
 from joblot.models import JOB_DURATION_BUCKETS, Status
 from joblot.store import JobCounts, MetricCounts, MetricTotal
@@ -29,6 +31,7 @@ def counts(**changes: object) -> MetricCounts:
         ],
         "durations": [("demo.echo", 0, 2, 1.5), ("demo.echo", 3, 1, 20.0)],
         "leases_active": 4,
+        "running": [("demo.echo", 3)],
         "totals": [
             MetricTotal("items_finished", "demo.echo", "success", 100.0),
             MetricTotal("jobs_finished", "demo.echo", "completed", 5.0),
@@ -42,7 +45,7 @@ def counts(**changes: object) -> MetricCounts:
 
 
 def test_counters_add_live_jobs_to_the_totals_kept_for_purged_ones() -> None:
-    found = samples(exposition(counts(), HttpMetrics(), ["demo.echo", "demo.sleep"]))
+    found = samples(exposition(counts(), HttpMetrics(), demo_app))
     echo = ("job_type", "demo.echo")
     assert found["joblot_items_finished_total", (echo, ("outcome", "success"))] == 150
     assert found["joblot_items_finished_total", (echo, ("outcome", "failure"))] == 3
@@ -52,6 +55,25 @@ def test_counters_add_live_jobs_to_the_totals_kept_for_purged_ones() -> None:
     assert found["joblot_leases_active", ()] == 4
     assert found["joblot_leases_expired_total", ()] == 6
     assert ("joblot_jobs_finished_total", (echo, ("status", "working"))) not in found
+    assert found["joblot_items_running", (echo,)] == 3
+    assert found["joblot_items_running", (("job_type", "demo.sleep"),)] == 0
+
+
+def test_cluster_wide_limits_are_exposed_beside_what_they_count() -> None:
+    app = App()
+
+    @app.job_type("crm.sync", concurrency=4, rate="120/m")
+    def sync(item: dict[str, object], ctx: object) -> None: ...
+
+    @app.job_type("free")
+    def free(item: dict[str, object], ctx: object) -> None: ...
+
+    found = samples(exposition(counts(running=[("crm.sync", 4)]), HttpMetrics(), app))
+    crm = (("job_type", "crm.sync"),)
+    assert found["joblot_job_type_concurrency_limit", crm] == 4
+    assert found["joblot_job_type_rate_limit", crm] == 2.0  # per second
+    assert found["joblot_items_running", crm] == 4
+    assert ("joblot_job_type_concurrency_limit", (("job_type", "free"),)) not in found
 
 
 def test_the_duration_histogram_is_cumulative_and_includes_purged_jobs() -> None:

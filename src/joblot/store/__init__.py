@@ -193,6 +193,7 @@ class MetricCounts:
     durations: list[tuple[str, int, int, float]]
     leases_active: int
     totals: list[MetricTotal]
+    running: list[tuple[str, int]] = field(default_factory=list)  # (job_type, items leased)
 
 
 @dataclass(frozen=True)

@@ -329,7 +329,7 @@ def total_params(total: MetricTotal) -> dict[str, Any]:
 
 
 def metric_counts(
-    jobs: list[Any], durations: list[Any], leases: int, totals: list[Any]
+    jobs: list[Any], durations: list[Any], leases: int, totals: list[Any], running: list[Any]
 ) -> MetricCounts:
     """MetricCounts from the rows of the `metric_counts.*` queries."""
     return MetricCounts(
@@ -340,6 +340,7 @@ def metric_counts(
         durations=[(t, int(b), int(n), float(secs)) for t, b, n, secs in durations],
         leases_active=int(leases),
         totals=[MetricTotal(n, t, label, float(v)) for n, t, label, v in totals],
+        running=[(t, int(n)) for t, n in running],
     )
 
 

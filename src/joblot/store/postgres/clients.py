@@ -300,4 +300,5 @@ async def read_metric_counts(conn: Conn, now: float) -> MetricCounts:
             ),
             leases[0],
             await fetch_all(conn, "metric_counts.totals"),
+            await fetch_all(conn, "metric_counts.running", {"now": now}),
         )

@@ -309,6 +309,7 @@ def read_metric_counts(conn: Conn, now: float) -> MetricCounts:
             fetch_all(conn, "metric_counts.durations", {"bounds": bounds}),
             _count(fetch_one(conn, "metric_counts.leases", {"now": now})),
             fetch_all(conn, "metric_counts.totals"),
+            fetch_all(conn, "metric_counts.running", {"now": now}),
         )
     finally:
         conn.execute(SQL["metric_counts.end"])

@@ -371,6 +371,14 @@ SELECT job_type, bucket, count(*), sum(seconds) FROM (
 -- name: metric_counts.leases
 SELECT count(*) FROM leases WHERE expires_at >= :now;
 
+-- name: metric_counts.running
+-- Items held under live leases, by job type: what a concurrency limit counts.
+SELECT j.job_type, count(*) FROM leases l
+JOIN items i ON i.lease_id = l.id AND i.state = 'leased'
+JOIN jobs j ON j.id = l.job_id
+WHERE l.expires_at >= :now
+GROUP BY j.job_type;
+
 -- name: metric_counts.totals
 SELECT name, job_type, label, value FROM metric_totals;
 
