@@ -276,7 +276,10 @@ class WorkerPool:
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to `host`:`port` and listening, or ConfigError saying why not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
+    # connections whose socket says so, and without it every response written in two parts
+    # waits for a delayed ACK, some 40 ms.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))
