@@ -42,7 +42,8 @@ from bulk import check_results, job_body, submit, wait_finished
 from harness import BenchError, machine, running_server
 
 API = "/api/v2"
-DEFAULT_BEFORE = "85bc429"  # main before durable acknowledgements and chunked submits
+DEFAULT_BEFORE = "e3a74fb"  # main right before durable acknowledgements and chunked submits
+QUIET_SECONDS = 5.0  # the stall probe's reads and small jobs without a submit, to compare
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -148,11 +149,14 @@ async def measure_acks(url: str, total: int, clients: int) -> tuple[float, list[
 
 @dataclass
 class Stall:
-    """What a small job and status reads went through while a big job was being submitted."""
+    """What small jobs and status reads went through while a big job was being submitted,
+    and the same without it, just before (the machine's load changes by the minute)."""
 
     submit_s: float = 0.0
     probes_s: list[float] = field(default_factory=list)  # 10-item jobs, created → finished
     reads_ms: list[float] = field(default_factory=list)
+    quiet_probes_s: list[float] = field(default_factory=list)
+    quiet_reads_ms: list[float] = field(default_factory=list)
 
 
 def job_seconds(db: str, job_id: str) -> float:
@@ -195,9 +199,17 @@ def measure_stall(variant: Variant, tmp: Path, name: str, items: int) -> Stall:
         ThreadPoolExecutor(2) as threads,
     ):
         probe(client, db)  # the workers are up
+        watched = submit(client, job_body(1))["id"]
         reading = threading.Event()
         reading.set()
-        watched = submit(client, job_body(1))["id"]
+        reads = got.quiet_reads_ms
+        reader = threads.submit(read_while, str(client.base_url), watched, reading, reads)
+        until = time.perf_counter() + QUIET_SECONDS
+        while time.perf_counter() < until:
+            got.quiet_probes_s.append(probe(client, db))
+        reading.clear()
+        reader.result()
+        reading.set()
         reader = threads.submit(read_while, str(client.base_url), watched, reading, got.reads_ms)
         started = time.perf_counter()
         posted = threads.submit(submit, poster, body)
@@ -238,21 +250,26 @@ def stall_table(stalls: dict[str, Stall], items: int) -> list[str]:
         "",
         "While the POST runs: 10-item `demo.sleep` jobs (10 ms an item) one after another, "
         "each timed created → finished as the server recorded it; and a status read in a "
-        "loop on its own connection.",
+        f"loop on its own connection. The *quiet* rows: the same for {QUIET_SECONDS:.0f} s "
+        "just before the POST, on the same server (the machine's load shifts by the minute).",
         "",
         "| variant | submit (s) | 10-item jobs | median (s) | worst (s) "
         "| reads | read p50 ms | read p99 ms | read max ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, got in stalls.items():
-        probes = got.probes_s or [float("nan")]
-        lines.append(
-            f"| {label} | {got.submit_s:.1f} | {len(got.probes_s)} | "
-            f"{statistics.median(probes):.2f} | {max(probes):.2f} | {len(got.reads_ms)} | "
-            f"{statistics.median(got.reads_ms):.1f} | {quantile(got.reads_ms, 99):.1f} | "
-            f"{max(got.reads_ms):.1f} |"
-        )
+        lines.append(_stall_row(label, f"{got.submit_s:.1f}", got.probes_s, got.reads_ms))
+        lines.append(_stall_row(f"{label}, quiet", "-", got.quiet_probes_s, got.quiet_reads_ms))
     return lines
+
+
+def _stall_row(label: str, submit_s: str, probes_s: list[float], reads_ms: list[float]) -> str:
+    probes = probes_s or [float("nan")]
+    return (
+        f"| {label} | {submit_s} | {len(probes_s)} | {statistics.median(probes):.2f} | "
+        f"{max(probes):.2f} | {len(reads_ms)} | {statistics.median(reads_ms):.1f} | "
+        f"{quantile(reads_ms, 99):.1f} | {max(reads_ms):.1f} |"
+    )
 
 
 def quantile(values: list[float], q: int) -> float:
