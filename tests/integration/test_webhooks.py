@@ -329,7 +329,8 @@ async def test_the_client_submits_a_callback_url_and_reads_deliveries(
             (delivery,) = await client.deliveries(status.id)
             assert delivery["state"] == "delivered"
             (again,) = await client.redeliver(status.id)
-            assert again["state"] == "pending"
+            # queued again; the deliverer may have sent it before the answer was read
+            assert again["state"] in ("pending", "delivered")
             await arrived(receiver, 2)
 
 
