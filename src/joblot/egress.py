@@ -123,6 +123,26 @@ async def check_callback_url(url: Any, *, allow_private: bool) -> str:
     return url
 
 
+def check_callback_url_blocking(url: Any, *, allow_private: bool) -> str:
+    """`check_callback_url` for a caller without an event loop (it blocks while resolving)."""
+    try:
+        parts = check_syntax(url)
+        assert parts.hostname is not None  # checked by check_syntax
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            found = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise UnsafeDestination(
+                f"its host {parts.hostname!r} does not resolve ({exc})"
+            ) from None
+        if not allow_private:
+            refuse_private(parts.hostname, (str(info[4][0]) for info in found))
+    except UnsafeDestination as exc:
+        raise RecordInvalid(f'"callback_url" is refused: {exc}') from None
+    assert isinstance(url, str)
+    return url
+
+
 class PublicOnlyBackend(httpcore.AsyncNetworkBackend):
     """A network backend that resolves each host itself, refuses it unless every address is
     public, and connects to an address it checked (never resolving the name a second time)."""

@@ -20,7 +20,8 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from joblot.app import App
-from joblot.config import DEFAULT_URL, Settings
+from joblot.config import DEFAULT_URL, Settings, load_settings
+from joblot.egress import check_callback_url, check_callback_url_blocking
 from joblot.models import DEFAULT_TENANT, JobStatus, Status, status_url
 from joblot.service import build_job
 from joblot.store import NewJob
@@ -45,11 +46,21 @@ def _new_job(
     *,
     tenant: str,
     max_items: int,
+    callback_url: str | None,
+    public_url: str,
     now: float | None,
 ) -> NewJob:
     _check_in_transaction(conn)
-    doc = {"job": {"job_type": job_type, "items": items}}
-    return build_job(app, tenant, doc, max_items, time.time() if now is None else now)
+    doc: dict[str, Any] = {"job": {"job_type": job_type, "items": items}}
+    if callback_url is not None:
+        doc["job"]["callback_url"] = callback_url
+    when = time.time() if now is None else now
+    return build_job(app, tenant, doc, max_items, when, public_url=public_url)
+
+
+def _allow_private(*, given: bool | None) -> bool:
+    """As given, or as JOBLOT_WEBHOOK_ALLOW_PRIVATE says (as for `joblot serve`)."""
+    return load_settings().webhook_allow_private if given is None else given
 
 
 def _queued(job: NewJob, public_url: str) -> JobStatus:
@@ -72,8 +83,10 @@ async def submit_job_in_transaction(
     items: list[Any],
     *,
     tenant: str = DEFAULT_TENANT,
+    callback_url: str | None = None,
     max_items: int = Settings.max_items,
     public_url: str = DEFAULT_URL,
+    allow_private: bool | None = None,
     now: float | None = None,
 ) -> JobStatus:
     """Queue a job on the caller's connection, inside the caller's transaction.
@@ -81,9 +94,24 @@ async def submit_job_in_transaction(
     The items are validated against `app` as `POST /api/v2/jobs` does (RecordInvalid,
     UnknownJobType, TooManyItems); nothing is committed here, and workers are notified when
     the caller's transaction commits. The answer is the queued JobStatus, its `url` under
-    `public_url` (the address clients reach the API at).
+    `public_url` (the address clients reach the API at). A `callback_url` gets the job's
+    completion webhook, as with `POST /api/v2/jobs`; it must resolve to public addresses unless
+    `allow_private` (default: JOBLOT_WEBHOOK_ALLOW_PRIVATE), else RecordInvalid.
     """
-    job = _new_job(conn, app, job_type, items, tenant=tenant, max_items=max_items, now=now)
+    job = _new_job(
+        conn,
+        app,
+        job_type,
+        items,
+        tenant=tenant,
+        max_items=max_items,
+        callback_url=callback_url,
+        public_url=public_url,
+        now=now,
+    )
+    if job.callback_url is not None:
+        allow = _allow_private(given=allow_private)
+        await check_callback_url(job.callback_url, allow_private=allow)
     await insert_job(conn, job)
     return _queued(job, public_url)
 
@@ -95,11 +123,26 @@ def submit_job_in_transaction_sync(
     items: list[Any],
     *,
     tenant: str = DEFAULT_TENANT,
+    callback_url: str | None = None,
     max_items: int = Settings.max_items,
     public_url: str = DEFAULT_URL,
+    allow_private: bool | None = None,
     now: float | None = None,
 ) -> JobStatus:
     """`submit_job_in_transaction` for a blocking psycopg connection (e.g. in a web view)."""
-    job = _new_job(conn, app, job_type, items, tenant=tenant, max_items=max_items, now=now)
+    job = _new_job(
+        conn,
+        app,
+        job_type,
+        items,
+        tenant=tenant,
+        max_items=max_items,
+        callback_url=callback_url,
+        public_url=public_url,
+        now=now,
+    )
+    if job.callback_url is not None:
+        allow = _allow_private(given=allow_private)
+        check_callback_url_blocking(job.callback_url, allow_private=allow)
     insert_job_sync(conn, job)
     return _queued(job, public_url)

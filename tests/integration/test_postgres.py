@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from joblot.demo import make_demo_app
-from joblot.errors import Unavailable, UnknownJobType
+from joblot.errors import RecordInvalid, Unavailable, UnknownJobType
 from joblot.models import DEFAULT_TENANT, Status
 from joblot.store import FinishedItem, open_store
 from joblot.store.postgres import PostgresStore
@@ -120,6 +120,38 @@ async def test_transactional_submit_validates_and_needs_a_transaction(
         )
         is None
     )
+
+
+async def test_a_transactional_submit_takes_a_callback_url_checked_as_the_api_checks_it(
+    pg_store: PostgresStore, pg_url: str
+) -> None:
+    hook = "http://127.0.0.1:9/hook"
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        with pytest.raises(RecordInvalid, match="not a public address"):
+            await submit_job_in_transaction(
+                conn, APP, "demo.echo", [{"id": 1}], callback_url=hook, allow_private=False
+            )
+        queued = await submit_job_in_transaction(
+            conn, APP, "demo.echo", [{"id": 1}], callback_url=hook, allow_private=True
+        )
+        await conn.commit()
+    with psycopg.connect(pg_url) as conn, pytest.raises(RecordInvalid, match="not a public"):
+        submit_job_in_transaction_sync(
+            conn, APP, "demo.echo", [{"id": 2}], callback_url=hook, allow_private=False
+        )
+    now = time.time()
+    claimed = await pg_store.claim_items("w", ["demo.echo"], limit=10, now=now, lease_seconds=30)
+    assert claimed is not None and claimed.job_id == queued.id  # the refused ones left nothing
+    await pg_store.finish_items(
+        claimed.lease_id,
+        [FinishedItem(0, True, b'{"index": 0, "success": true}')],
+        message=None,
+        final=True,
+        now=now,
+        retention=60.0,
+    )
+    (delivery,) = await pg_store.claim_deliveries(limit=10, now=now + 1, lease_seconds=30)
+    assert (delivery.job_id, delivery.url, delivery.type) == (queued.id, hook, "job.completed")
 
 
 async def test_requeued_items_wake_waiting_workers(pg_store: PostgresStore, pg_url: str) -> None:
