@@ -23,9 +23,9 @@ from joblot.app import App
 from joblot.config import DEFAULT_URL, Settings, load_settings
 from joblot.egress import check_callback_url, check_callback_url_blocking
 from joblot.models import DEFAULT_TENANT, JobStatus, Status, status_url
-from joblot.service import build_job
 from joblot.store import NewJob
 from joblot.store.postgres.clients import insert_job, insert_job_sync
+from joblot.submission import build_job
 
 __all__ = ["submit_job_in_transaction", "submit_job_in_transaction_sync"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from joblot.demo import app as demo_app
 from joblot.errors import RecordInvalid, TooManyItems, UnknownJobType
-from joblot.service import parse_submission, request_hash
+from joblot.submission import parse_submission, request_hash
 
 
 def _job(**job: Any) -> dict[str, Any]:
