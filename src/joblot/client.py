@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import enum
 import functools
 import threading
@@ -17,7 +18,8 @@ from urllib.parse import quote
 
 import httpx
 
-from joblot.errors import ClientError
+from joblot.answers import THROTTLED, backoff, error_from, json_body, retry_after
+from joblot.follow import follow_job
 from joblot.models import (
     API_PREFIX,
     MAX_PAGE_SIZE,
@@ -31,8 +33,7 @@ from joblot.models import (
 T = TypeVar("T")
 
 API = API_PREFIX
-MAX_RETRY_AFTER = 60.0
-THROTTLED = frozenset({429, 503})
+CLOSE_SECONDS = 5.0  # how long leaving an iteration early waits for its request to close
 
 
 @functools.cache
@@ -50,54 +51,6 @@ class Retry(enum.Enum):
     NEVER = "never"  # a plain submit: a second try could queue the job twice
     THROTTLED = "throttled"  # only a 429/503 answer, where the server did nothing
     ALWAYS = "always"  # idempotent: throttling and connection errors alike
-
-
-def backoff(attempt: int) -> float:
-    """Seconds to wait before retry number `attempt` (0-based) when the server named none."""
-    return float(min(0.1 * 2**attempt, 5.0))
-
-
-def retry_after(response: httpx.Response, attempt: int) -> float:
-    """The wait a 429/503 asks for in `Retry-After` (integer seconds), capped at a minute."""
-    raw = response.headers.get("retry-after", "").strip()
-    if raw.isdigit():
-        return min(float(raw), MAX_RETRY_AFTER)
-    return backoff(attempt)
-
-
-def error_from(response: httpx.Response) -> ClientError:
-    """The ClientError for an error answer, JSON `{"error", "description"}` or not."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):  # Zendesk also answers {"error": {"title", "message"}}
-        name, text = error.get("title"), error.get("message")
-    else:
-        name, text = error, body.get("description") if isinstance(body, dict) else None
-    if not isinstance(name, str) or not name:
-        name = response.reason_phrase or "HTTPError"
-        text = text if isinstance(text, str) else response.text.strip()[:500]
-    description = text if isinstance(text, str) else ""
-    return ClientError(response.status_code, name, description)
-
-
-def json_body(response: httpx.Response) -> dict[str, Any]:
-    """The JSON object of a successful answer; anything else is a ClientError."""
-    if response.status_code >= 300:
-        raise error_from(response)
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ClientError(
-            response.status_code,
-            "InvalidResponse",
-            f"expected a JSON object from {response.request.url}, got {response.text[:200]!r}",
-        )
-    return body
 
 
 def job_status(body: dict[str, Any]) -> JobStatus:
@@ -305,6 +258,22 @@ class AsyncClient:
             async for chunk in response.aiter_bytes():
                 yield chunk
 
+    async def events(self, job_id: str) -> AsyncGenerator[JobStatus, None]:
+        """Each JobStatus of a job as it changes, from its event stream, until it has finished
+        (the current one first); a dropped connection resumes with `Last-Event-ID`."""
+        reports = self.report_events(job_id)
+        async with aclosing(reports):
+            async for report in reports:
+                yield report.job_status
+
+    async def report_events(self, job_id: str) -> AsyncGenerator[JobReport, None]:
+        """As `events`, each JobStatus with its `job_stats` (how many items failed)."""
+        path = f"{API}/job_statuses/{quote(job_id, safe='')}/events"
+        reports = follow_job(self._http, path, timeout=self._timeout, max_retries=self._max_retries)
+        async with aclosing(reports):
+            async for report in reports:
+                yield report
+
     async def cancel(self, job_id: str) -> JobStatus:
         """Stop a job: items not yet started never run, and it ends `failed`."""
         response = await self._request("POST", status_path(job_id, "/cancel"), Retry.THROTTLED)
@@ -467,10 +436,14 @@ class Client:
                     return
                 yield value
         finally:
-            # Left early (break, or garbage collection possibly on the loop thread itself):
-            # schedule the close without waiting for it.
+            # Left early (break, an error, garbage collection): close the generator so that
+            # its connection goes back, and wait for that unless on the loop thread itself
+            # (garbage collection may run there), so that `close` never closes it twice.
             if not self._closed and self._loop.is_running():
-                asyncio.run_coroutine_threadsafe(agen.aclose(), self._loop)
+                closing = asyncio.run_coroutine_threadsafe(agen.aclose(), self._loop)
+                if threading.current_thread() is not self._thread:
+                    with contextlib.suppress(Exception):
+                        closing.result(timeout=CLOSE_SECONDS)
 
     def submit(
         self,
@@ -537,6 +510,15 @@ class Client:
         """Every result entry of a job as a file, `jsonl` or `csv`, streamed in chunks as the
         server writes them (or only the failed or succeeded entries, as in `results`)."""
         return self._iterate(self._async.export(job_id, format=format, success=success))
+
+    def events(self, job_id: str) -> Iterator[JobStatus]:
+        """Each JobStatus of a job as it changes, from its event stream, until it has finished
+        (the current one first); a dropped connection resumes with `Last-Event-ID`."""
+        return self._iterate(self._async.events(job_id))
+
+    def report_events(self, job_id: str) -> Iterator[JobReport]:
+        """As `events`, each JobStatus with its `job_stats` (how many items failed)."""
+        return self._iterate(self._async.report_events(job_id))
 
     def cancel(self, job_id: str) -> JobStatus:
         """Stop a job: items not yet started never run, and it ends `failed`."""
