@@ -113,6 +113,7 @@ class Batch:
         self.runners: list[Runner] = []
         self.accounted = 0  # items with a result (recorded, timed out or aborted)
         self.busy_seconds = 0.0  # handler time of the items recorded, for the claim size
+        self.busy_items = 0  # the items recorded, for the same
         self.lock = threading.Lock()
         self._on_drained = on_drained  # called once, when no item is left to start
 
@@ -160,6 +161,7 @@ class Batch:
             if runner.abandoned:
                 return False
             self.busy_seconds += time.monotonic() - runner.started
+            self.busy_items += 1
             self.accounted += 1
             runner.item = None
             self.done.append(result)

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from joblot import codec
@@ -36,6 +36,7 @@ from joblot.store import (
     LapsedLease,
     MetricCounts,
     NewJob,
+    Pace,
     Page,
     Store,
     TokenCount,
@@ -333,8 +334,10 @@ class Service:
         limit: int,
         *,
         limits: TypeLimits = NO_LIMITS,
+        paces: Mapping[str, Pace] | None = None,
     ) -> Claim | None:
-        """Lease a batch of items, round-robin across jobs, within their types' `limits`."""
+        """Lease a batch of items, round-robin across jobs, within their types' `limits`,
+        sized by their types' `paces`."""
         claim = await self.store.claim_items(
             worker_id,
             job_types,
@@ -342,6 +345,7 @@ class Service:
             now=self.clock(),
             lease_seconds=self.settings.lease_seconds,
             limits=limits,
+            paces=paces,
         )
         if claim is not None and claim.started:
             job_event(

@@ -27,13 +27,13 @@ from joblot.delivery import Deliverer
 from joblot.errors import JoblotError, Unavailable
 from joblot.logs import job_event
 from joblot.maintenance import Maintenance
+from joblot.pacing import Pacer
 from joblot.service import Service
 from joblot.store import NO_LIMITS, Claim, FinishedItem, FinishOutcome, TypeLimits
 
 log = logging.getLogger("joblot.worker")
 
 FLUSH_SECONDS = 0.1  # how often a running batch reports progress and checks its timeouts
-TARGET_BATCH_SECONDS = 0.5  # claim about this much work at a time, so small jobs get turns
 UNAVAILABLE_PAUSE_SECONDS = 0.5  # between claims while the database cannot be reached
 # An async handler is cancelled at its timeout; one that ignores the cancellation this long
 # is given up like a stuck thread.
@@ -56,7 +56,7 @@ class Worker:
         self._batches: dict[int, Batch] = {}
         # Jobs this worker saw stop, so a batch claimed before the database knew is not run.
         self._stopped_jobs: dict[str, None] = {}
-        self._claim_size = min(self.settings.batch_size, self.concurrency * 2)
+        self._pacer = Pacer(self.job_types, self.concurrency, self.settings.batch_size)
         # The cluster-wide limits of the job types this worker runs (counted in the database).
         self._limits = {t.name: t.limit for t in app if t.limit is not None}
         self._claims: dict[int, Claim] = {}  # by lease id, from the claim until its batch ends
@@ -121,6 +121,7 @@ class Worker:
         in_flight = asyncio.Semaphore(2)  # one batch runs while the next is claimed/reported
         while not self._stopping.is_set():
             await in_flight.acquire()
+            await self._room_for_claim()
             if self._stopping.is_set():
                 break
             self._batch_done.clear()
@@ -134,6 +135,28 @@ class Worker:
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _: in_flight.release())
+
+    async def _room_for_claim(self) -> None:
+        """Wait until the next claim could start at once: a thread is free, or every batch in
+        flight is expected to end soon. Items claimed behind slow ones would wait for them, and
+        so would their job, while another worker could have run them."""
+        while self._claims and not self._stopping.is_set():
+            self._batch_done.clear()
+            if self._free_slots() > 0 or all(
+                self._pacer.quick(claim.job_type, len(claim.items))
+                for claim in self._claims.values()
+            ):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._batch_done.wait(), FLUSH_SECONDS)
+
+    def _free_slots(self) -> int:
+        """Items this worker could start now beside those it holds (running or to start)."""
+        held = sum(
+            batch.leftover if (batch := self._batches.get(lease_id)) else len(claim.items)
+            for lease_id, claim in self._claims.items()
+        )
+        return self.concurrency - held
 
     async def _idle(self) -> None:
         """Wait for work, a stop request, or the poll interval, whichever comes first."""
@@ -159,16 +182,16 @@ class Worker:
         of a limited type takes no more, so what its limit counts is really running."""
         if not self._limits:
             return NO_LIMITS
-        held = sum(
-            batch.leftover if (batch := self._batches.get(lease_id)) else len(claim.items)
-            for lease_id, claim in self._claims.items()
-        )
-        return TypeLimits(self._limits, max(0, self.concurrency - held))
+        return TypeLimits(self._limits, max(0, self._free_slots()))
 
     async def _claim(self) -> Claim | None:
         try:
             claim = await self.service.claim_items(
-                self.worker_id, self.job_types, self._claim_size, limits=self._type_limits()
+                self.worker_id,
+                self.job_types,
+                self._pacer.first_size,
+                limits=self._type_limits(),
+                paces=self._pacer.paces(),
             )
         except Unavailable as exc:  # said once, not at every poll: the store answers at once
             if not self._unavailable:
@@ -215,12 +238,11 @@ class Worker:
         batch = Batch(claim, job_type, timeout)
         batch.stopped = claim.job_id in self._stopped_jobs
         self._batches[claim.lease_id] = batch
-        started = time.monotonic()
         try:
             await self._drive(batch, self._start_runners(batch))
         finally:
             await self._conclude(batch)
-        self._adapt_claim_size(len(claim.items), time.monotonic() - started)
+        self._pacer.measured(claim.job_type, batch.busy_items, batch.busy_seconds)
 
     def _start_runners(self, batch: Batch) -> dict[asyncio.Future[None], Runner]:
         """Up to `concurrency` runners, each taking the batch's items one after another:
@@ -443,12 +465,6 @@ class Worker:
             status=status,
             worker=self.worker_id,
         )
-
-    def _adapt_claim_size(self, count: int, seconds: float) -> None:
-        rate = count / max(seconds, 1e-6)
-        wanted = int(rate * TARGET_BATCH_SECONDS)
-        grown = min(wanted, self._claim_size * 4)
-        self._claim_size = max(self.concurrency, min(self.settings.batch_size, grown))
 
     # -- leases ---------------------------------------------------------------------------------
 

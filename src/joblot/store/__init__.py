@@ -118,6 +118,17 @@ NO_LIMITS = TypeLimits()
 
 
 @dataclass(frozen=True)
+class Pace:
+    """How a worker takes the items of one job type: at most `size` per claim, which it
+    expects to keep it busy `seconds` (0 while it has not measured the type yet). A job that
+    gets a claim waits that long, twice over, before its next turn in the round robin comes,
+    so a job of slow items leaves as much of the workers' time to the others as it takes."""
+
+    size: int
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class Claim:
     """A batch of items of one job, held under one lease; `lease_id` is the fencing token."""
 
@@ -358,9 +369,11 @@ class Store(Protocol):
         now: float,
         lease_seconds: float,
         limits: TypeLimits = NO_LIMITS,
+        paces: Mapping[str, Pace] | None = None,
     ) -> Claim | None:
-        """Lease up to `limit` items of the least recently served runnable job whose type's
-        `limits` leave room; the jobs of a type held back say so in their message."""
+        """Lease items of the runnable job whose turn it is, within its type's `limits`: as
+        many as its type's pace allows (`limit` for a type without one); the jobs of a type
+        held back say so in their message."""
 
     async def finish_items(
         self,

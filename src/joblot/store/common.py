@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from joblot.store import (
     MetricCounts,
     MetricTotal,
     NewJob,
+    Pace,
 )
 
 T = TypeVar("T")
@@ -186,10 +188,12 @@ def state_params(
     now: float,
     retention: float,
     claimed_at: float | None = None,
+    turn: float | None = None,
 ) -> dict[str, Any]:
     """The parameters of `job_state.save`: what the rules decided, and whether the change is
     visible (bumping the version, hence the ETag, and stamping `updated_at`) and finishes the
-    job (stamping its purge time and its place among finished jobs)."""
+    job (stamping its purge time and its place among finished jobs). A claim passes when it
+    happened (`claimed_at`) and when the job's next turn comes (`turn`, default the same)."""
     check_transition(old.status, new.status)
     visible = (new.status, new.progress, new.message) != (old.status, old.progress, old.message)
     return {
@@ -205,6 +209,7 @@ def state_params(
         "bump": int(visible),
         "visible": visible,
         "claimed_at": claimed_at,
+        "turn": claimed_at if turn is None else turn,
         "finished": new.status.finished and not old.status.finished,
         "now": now,
         "retention": retention,
@@ -363,6 +368,22 @@ class Choice:
     throttle: str | None = None  # the picked job's message, when its limit cut the claim
     held_back: list[tuple[str, str]] = field(default_factory=list)
     rule: Limit | None = None  # the picked job's type's limits
+    pace: Pace | None = None  # how the claiming worker takes the picked job's type
+
+
+def claim_size(job_type: str, limit: int, paces: Mapping[str, Pace] | None) -> int:
+    """How many items a claim of `job_type` takes at most: its pace's size, else `limit`."""
+    pace = None if paces is None else paces.get(job_type)
+    return limit if pace is None else pace.size
+
+
+def next_turn(now: float, pace: Pace | None, count: int) -> float:
+    """When a job that was just given `count` items comes round again (its `claimed_at`):
+    after twice the time they are expected to keep the worker busy, so that other jobs get at
+    least as much time as this one takes. At once for a type not measured yet."""
+    if pace is None or pace.seconds <= 0 or pace.size <= 0:
+        return now
+    return now + 2 * pace.seconds * count / pace.size
 
 
 def allowance(limit: Limit, job_type: str, *, running: int, started: int) -> tuple[int, str]:

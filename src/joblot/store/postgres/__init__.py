@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from joblot.store import (
     ANY_JOB,
     NO_LIMITS,
@@ -20,6 +22,7 @@ from joblot.store import (
     LapsedLease,
     MetricCounts,
     NewJob,
+    Pace,
     Page,
     TokenCount,
     TokenRow,
@@ -222,9 +225,10 @@ class PostgresStore:
         now: float,
         lease_seconds: float,
         limits: TypeLimits = NO_LIMITS,
+        paces: Mapping[str, Pace] | None = None,
     ) -> Claim | None:
-        """Lease a batch of the least recently served runnable job whose type's limits leave
-        room."""
+        """Lease a batch of the runnable job whose turn it is and whose type's limits leave
+        room, sized by its type's pace."""
         async with self._pool.connection() as conn:
             return await work.claim_items(
                 conn,
@@ -234,6 +238,7 @@ class PostgresStore:
                 now=now,
                 lease_seconds=lease_seconds,
                 limits=limits,
+                paces=paces,
             )
 
     async def finish_items(

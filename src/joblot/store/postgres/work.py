@@ -6,17 +6,28 @@ lock order of `connection.py`: a lease's items, then the job row, then lease row
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from joblot.models import Limit, after_claim, after_finish, after_requeue, after_throttle, stopped
-from joblot.store import NO_LIMITS, Claim, ClaimedItem, FinishedItem, FinishOutcome, TypeLimits
+from joblot.store import (
+    NO_LIMITS,
+    Claim,
+    ClaimedItem,
+    FinishedItem,
+    FinishOutcome,
+    Pace,
+    TypeLimits,
+)
 from joblot.store.common import (
     LEASES_EXPIRED,
     NO_ATTEMPT_LIMIT,
     Choice,
     Refused,
     allowance,
+    claim_size,
     needs_throttle_message,
+    next_turn,
     total_params,
     worker_lost,
 )
@@ -39,9 +50,10 @@ async def claim_items(
     now: float,
     lease_seconds: float,
     limits: TypeLimits = NO_LIMITS,
+    paces: Mapping[str, Pace] | None = None,
 ) -> Claim | None:
-    """Lease up to `limit` items of the least recently served runnable job whose type's
-    limits leave room.
+    """Lease items of the runnable job whose turn it is and whose type's limits leave room:
+    as many as its type's pace allows (`limit` for a type without one).
 
     The job is picked without a lock and its items are leased with SKIP LOCKED, so claims of
     one job by many workers run side by side; the job row is locked last, only to count the
@@ -54,7 +66,9 @@ async def claim_items(
         return None
     try:
         async with conn.transaction():
-            choice = await _choose(conn, job_types, limit=limit, now=now, limits=limits)
+            choice = await _choose(
+                conn, job_types, limit=limit, now=now, limits=limits, paces=paces
+            )
             for job_id, text in choice.held_back:
                 await _throttle(conn, job_id, text, now)
             if choice.job is None:
@@ -89,7 +103,8 @@ async def _lease(
     new = after_claim(state, len(rows))
     if choice.throttle is not None and new.pending > 0:
         new = after_throttle(new, choice.throttle)
-    await save_state(conn, job_id, state, new, now=now, retention=0.0, claimed_at=now)
+    turn = next_turn(now, choice.pace, len(rows))
+    await save_state(conn, job_id, state, new, now=now, retention=0.0, claimed_at=now, turn=turn)
     items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
     return Claim(
         lease_id=lease[0],
@@ -102,7 +117,13 @@ async def _lease(
 
 
 async def _choose(
-    conn: Conn, job_types: list[str], *, limit: int, now: float, limits: TypeLimits
+    conn: Conn,
+    job_types: list[str],
+    *,
+    limit: int,
+    now: float,
+    limits: TypeLimits,
+    paces: Mapping[str, Pace] | None,
 ) -> Choice:
     """The least recently served runnable job of a type with room, skipping the types whose
     limit is reached (their next job is held back), that another claim is serving right now,
@@ -117,19 +138,21 @@ async def _choose(
         if picked is None:
             return Choice(held_back=held_back)
         job_id, job_type, tenant = picked
+        size = claim_size(job_type, limit, paces)
+        pace = None if paces is None else paces.get(job_type)
         rule = limits.by_type.get(job_type)
         if rule is None:
-            return Choice((job_id, job_type, tenant), limit, None, held_back, None)
+            return Choice((job_id, job_type, tenant), size, None, held_back, None, pace)
         skipped.add(job_type)
         locked = await fetch_one(conn, "claim_items.lock_type", {"job_type": job_type})
         if locked is None or not locked[0]:
             continue  # another claim is serving this type: leave it to that one
         room, text = allowance(rule, job_type, **await _counts(conn, rule, job_type, now))
-        wanted_size = min(limit, limits.free)
+        wanted_size = min(size, limits.free)
         if room > 0:
             throttle = text if room < wanted_size else None
-            size = min(room, wanted_size)
-            return Choice((job_id, job_type, tenant), size, throttle, held_back, rule)
+            taken = min(room, wanted_size)
+            return Choice((job_id, job_type, tenant), taken, throttle, held_back, rule, pace)
         held_back.append((job_id, text))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from joblot.store import (
     ANY_JOB,
@@ -24,6 +24,7 @@ from joblot.store import (
     LapsedLease,
     MetricCounts,
     NewJob,
+    Pace,
     Page,
     TokenCount,
     TokenRow,
@@ -235,9 +236,10 @@ class SQLiteStore:
         now: float,
         lease_seconds: float,
         limits: TypeLimits = NO_LIMITS,
+        paces: Mapping[str, Pace] | None = None,
     ) -> Claim | None:
-        """Lease a batch of the least recently served runnable job whose type's limits leave
-        room."""
+        """Lease a batch of the runnable job whose turn it is and whose type's limits leave
+        room, sized by its type's pace."""
         return await self._db.write_redoable(
             work.claim_items,
             worker_id,
@@ -246,6 +248,7 @@ class SQLiteStore:
             now=now,
             lease_seconds=lease_seconds,
             limits=limits,
+            paces=paces,
         )
 
     async def finish_items(

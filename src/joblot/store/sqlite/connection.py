@@ -131,10 +131,13 @@ def save_state(
     now: float,
     retention: float,
     claimed_at: float | None = None,
+    turn: float | None = None,
 ) -> None:
     """Write back what the lifecycle rules decided; bump the version if anyone can see it;
     queue the webhook event of a job that finishes here."""
-    params = state_params(job_id, old, new, now=now, retention=retention, claimed_at=claimed_at)
+    params = state_params(
+        job_id, old, new, now=now, retention=retention, claimed_at=claimed_at, turn=turn
+    )
     conn.execute(SQL["job_state.save"], params)
     if params["finished"]:  # the outbox: its webhook event commits with the final status
         conn.execute(SQL["deliveries.enqueue"], enqueue_params(job_id, new, now))

@@ -6,16 +6,28 @@ transaction, and SQLite's single writer is the lock that keeps them apart.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
 
 from joblot.models import Limit, after_claim, after_finish, after_requeue, after_throttle, stopped
-from joblot.store import NO_LIMITS, Claim, ClaimedItem, FinishedItem, FinishOutcome, TypeLimits
+from joblot.store import (
+    NO_LIMITS,
+    Claim,
+    ClaimedItem,
+    FinishedItem,
+    FinishOutcome,
+    Pace,
+    TypeLimits,
+)
 from joblot.store.common import (
     NO_ATTEMPT_LIMIT,
     Choice,
     Refused,
     allowance,
+    claim_size,
     needs_throttle_message,
+    next_turn,
     worker_lost,
 )
 from joblot.store.sqlite.connection import (
@@ -39,16 +51,17 @@ def claim_items(
     now: float,
     lease_seconds: float,
     limits: TypeLimits = NO_LIMITS,
+    paces: Mapping[str, Pace] | None = None,
 ) -> Claim | None:
-    """Lease up to `limit` items of the least recently served runnable job whose type's
-    limits leave room."""
+    """Lease items of the runnable job whose turn it is and whose type's limits leave room:
+    as many as its type's pace allows (`limit` for a type without one)."""
     # A cheap read first: an idle worker polling an idle database (or one whose only jobs
     # wait on a limit, and already say so) takes no write lock.
-    choice = _choose(conn, job_types, limit=limit, now=now, limits=limits)
+    choice = _choose(conn, job_types, limit=limit, now=now, limits=limits, paces=paces)
     if choice.job is None and not _messages_due(conn, choice):
         return None
     with transaction(conn):
-        choice = _choose(conn, job_types, limit=limit, now=now, limits=limits)
+        choice = _choose(conn, job_types, limit=limit, now=now, limits=limits, paces=paces)
         for job_id, text in choice.held_back:
             _throttle(conn, job_id, text, now)
         if choice.job is None:
@@ -73,7 +86,8 @@ def claim_items(
         new = after_claim(old, len(rows))
         if choice.throttle is not None and new.pending > 0:
             new = after_throttle(new, choice.throttle)
-        save_state(conn, job_id, old, new, now=now, retention=0.0, claimed_at=now)
+        turn = next_turn(now, choice.pace, len(rows))
+        save_state(conn, job_id, old, new, now=now, retention=0.0, claimed_at=now, turn=turn)
     items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
     return Claim(
         lease_id=lease_id,
@@ -86,7 +100,13 @@ def claim_items(
 
 
 def _choose(
-    conn: Conn, job_types: list[str], *, limit: int, now: float, limits: TypeLimits
+    conn: Conn,
+    job_types: list[str],
+    *,
+    limit: int,
+    now: float,
+    limits: TypeLimits,
+    paces: Mapping[str, Pace] | None,
 ) -> Choice:
     """The least recently served runnable job of a type with room, skipping the types whose
     limit is reached (their next job is held back) or that this worker has no room for."""
@@ -101,16 +121,18 @@ def _choose(
         if picked is None:
             return Choice(held_back=held_back)
         job_id, job_type, tenant = picked
+        size = claim_size(job_type, limit, paces)
+        pace = None if paces is None else paces.get(job_type)
         rule = limits.by_type.get(job_type)
         if rule is None:
-            return Choice((job_id, job_type, tenant), limit, None, held_back, None)
+            return Choice((job_id, job_type, tenant), size, None, held_back, None, pace)
         skipped.add(job_type)
         room, text = allowance(rule, job_type, **_counts(conn, rule, job_type, now))
-        wanted_size = min(limit, limits.free)
+        wanted_size = min(size, limits.free)
         if room > 0:
             throttle = text if room < wanted_size else None
-            size = min(room, wanted_size)
-            return Choice((job_id, job_type, tenant), size, throttle, held_back, rule)
+            taken = min(room, wanted_size)
+            return Choice((job_id, job_type, tenant), taken, throttle, held_back, rule, pace)
         held_back.append((job_id, text))
 
 

@@ -209,13 +209,13 @@ FOR NO KEY UPDATE;
 
 -- name: job_state.save
 -- Writes back what the rules decided; a visible change is stamped in `updated_at`, the first
--- claim in `started_at`, and a job that just finished gets its finish time, its purge time
+-- claim in `started_at` (and a claim sets when the job's next turn comes, `claimed_at`), and a job that just finished gets its finish time, its purge time
 -- and its place among finished jobs in the listing order.
 UPDATE jobs SET
     status = %(status)s, progress = %(progress)s, failures = %(failures)s,
     pending = %(pending)s, message = %(message)s, message_set = %(message_set)s,
     version = version + %(bump)s, skipped = %(skipped)s, cancelled = %(cancelled)s,
-    claimed_at = coalesce(%(claimed_at)s::double precision, claimed_at),
+    claimed_at = coalesce(%(turn)s::double precision, claimed_at),
     started_at = coalesce(started_at, %(claimed_at)s::double precision),
     updated_at = CASE WHEN %(visible)s THEN %(now)s ELSE updated_at END,
     finished_at = CASE WHEN %(finished)s THEN %(now)s ELSE finished_at END,
@@ -233,7 +233,9 @@ SELECT EXISTS (
 );
 
 -- name: claim_items.pick_job
--- Round-robin: the runnable job served least recently (new jobs have claimed_at 0).
+-- Round-robin: the runnable job whose turn came first (new jobs have claimed_at 0). A claim
+-- puts a job's next turn after the time its items are expected to take (twice over), so a
+-- job of slow items leaves as much time to the others as it takes.
 -- Differs by necessity from SQLite: many workers claim at once, so the job is read without a
 -- lock (two workers may pick the same job: SKIP LOCKED gives them different items) and its
 -- row is locked only at the end of the claim, to count it.

@@ -153,13 +153,13 @@ FROM jobs WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires
 
 -- name: job_state.save
 -- Writes back what the rules decided; a visible change is stamped in `updated_at`, the first
--- claim in `started_at`, and a job that just finished gets its finish time, its purge time
+-- claim in `started_at` (and a claim sets when the job's next turn comes, `claimed_at`), and a job that just finished gets its finish time, its purge time
 -- and its place among finished jobs in the listing order.
 UPDATE jobs SET
     status = :status, progress = :progress, failures = :failures, pending = :pending,
     message = :message, message_set = :message_set, version = version + :bump,
     skipped = :skipped, cancelled = :cancelled,
-    claimed_at = coalesce(:claimed_at, claimed_at),
+    claimed_at = coalesce(:turn, claimed_at),
     started_at = coalesce(started_at, :claimed_at),
     updated_at = CASE WHEN :visible THEN :now ELSE updated_at END,
     finished_at = CASE WHEN :finished THEN :now ELSE finished_at END,
@@ -168,7 +168,9 @@ UPDATE jobs SET
 WHERE id = :id;
 
 -- name: claim_items.pick_job
--- Round-robin: the runnable job served least recently (new jobs have claimed_at 0).
+-- Round-robin: the runnable job whose turn came first (new jobs have claimed_at 0). A claim
+-- puts a job's next turn after the time its items are expected to take (twice over), so a
+-- job of slow items leaves as much time to the others as it takes.
 SELECT id, job_type, tenant FROM jobs
 WHERE pending > 0 AND status IN ('queued', 'working')
   AND job_type IN (SELECT value FROM json_each(:job_types))

@@ -1,0 +1,43 @@
+"""Claims paced job type by job type: sizes follow each type's own handler time, and a job's
+next turn comes after the time its claim is expected to take, twice over."""
+
+from __future__ import annotations
+
+from joblot.pacing import TARGET_BATCH_SECONDS, Pacer
+from joblot.store import Pace
+from joblot.store.common import claim_size, next_turn
+
+
+def test_each_job_type_is_sized_by_its_own_handler_time() -> None:
+    pacer = Pacer(["fast", "slow"], concurrency=4, batch_size=500)
+    assert pacer.paces() == {"fast": Pace(8), "slow": Pace(8)}
+    pacer.measured("slow", items=8, busy_seconds=8.0)  # 1 s an item
+    for _ in range(5):
+        pacer.measured("fast", items=100, busy_seconds=0.001)
+    paces = pacer.paces()
+    assert paces["slow"] == Pace(4, 1.0)  # never below one item per thread
+    assert paces["fast"].size == 500  # grown, by at most 4x a batch, to the most allowed
+    assert not pacer.quick("slow", 4)
+    assert pacer.quick("fast", 500)
+    assert not pacer.quick("unknown", 1)  # not measured: no claim is made behind it
+
+
+def test_claims_grow_at_most_fourfold_and_aim_at_the_target_time() -> None:
+    pacer = Pacer(["t"], concurrency=4, batch_size=10_000)
+    pacer.measured("t", items=8, busy_seconds=8 * 1e-5)
+    assert pacer.paces()["t"].size == 32
+    pacer.measured("t", items=4, busy_seconds=4 * 0.05)  # 50 ms an item
+    assert pacer.paces()["t"].size == int(TARGET_BATCH_SECONDS * 4 / 0.05)
+
+
+def test_a_job_waits_twice_its_expected_time_for_its_next_turn() -> None:
+    assert next_turn(100.0, None, 10) == 100.0
+    assert next_turn(100.0, Pace(8), 8) == 100.0  # not measured yet
+    assert next_turn(100.0, Pace(4, 1.0), 4) == 102.0
+    assert next_turn(100.0, Pace(4, 1.0), 2) == 101.0  # a smaller claim than the pace's size
+
+
+def test_a_claim_takes_its_types_pace_else_the_limit() -> None:
+    assert claim_size("a", 10, None) == 10
+    assert claim_size("a", 10, {"a": Pace(300)}) == 300
+    assert claim_size("b", 10, {"a": Pace(300)}) == 10
