@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,6 +18,7 @@ from joblot import __version__
 from joblot.auth import check_tenant
 from joblot.client import Client
 from joblot.config import load_client_settings, load_settings
+from joblot.display import follow, outcome, show_list
 from joblot.errors import ClientError, JoblotError
 from joblot.logs import LOG_FORMATS
 from joblot.models import JobReport, JobStatus, Status
@@ -171,7 +172,7 @@ def read_items(path: str | None, stdin: TextIO = sys.stdin) -> list[Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Submit a job and print its JobStatus."""
+    """Submit a job and print its JobStatus; with `--wait`, follow it as `watch` does."""
     items = read_items(args.items)
     with _client(args) as client:
         status = client.submit(
@@ -180,8 +181,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
             callback_url=args.callback_url,
         )
-    _print_status(status)
-    return 0
+        if not args.wait:
+            _print_status(status)
+            return 0
+        print(f"submitted job {status.id} ({status.total:,} items): {status.url}", flush=True)
+        return _follow(client, status.id, args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -207,24 +211,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print jobs, unfinished first, one line each, with how many items failed."""
-    print(f"{'ID':32}  {'JOB TYPE':20}  {'STATUS':9}  {'PROGRESS':>15}  {'FAILED':>7}  MESSAGE")
-    if args.limit == 0:
-        return 0
     with _client(args) as client:
         reports = client.reports(
-            page_size=min(args.limit, 100), status=args.status, job_type=args.type
+            page_size=max(1, min(args.limit, 100)), status=args.status, job_type=args.type
         )
-        for count, report in enumerate(reports, 1):
-            status, stats = report.job_status, report.job_stats
-            done = "-" if status.progress is None else str(status.progress)
-            progress = f"{done}/{status.total}"
-            failed = "-" if stats is None else str(stats.failures)
-            print(
-                f"{status.id:32}  {status.job_type[:20]:20}  {status.status.value:9}  "
-                f"{progress:>15}  {failed:>7}  {status.message or ''}"
-            )
-            if count >= args.limit:
-                break
+        show_list(islice(reports, args.limit), sys.stdout)
     return 0
 
 
@@ -255,71 +246,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def progress_line(
-    status: JobStatus, rate: float | None, *, failures: int | None = None, width: int = 30
-) -> str:
-    """`[####------]  1,234/20,000   6%  working  176 failed  1,234 items/s  ETA 0:00:14`."""
-    total, done = status.total or 0, status.progress or 0
-    share = done / total if total else 0.0
-    filled = int(share * width)
-    text = (
-        f"[{'#' * filled}{'-' * (width - filled)}] {done:,}/{total:,} {share:4.0%}  "
-        f"{status.status.value}"
-    )
-    if failures:
-        text += f"  {failures:,} failed"
-    if rate:
-        text += f"  {rate:,.0f} items/s"
-        if not status.finished and total > done:
-            eta = int((total - done) / rate)
-            text += f"  ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
-    return text
-
-
-COMPLETED_WITH_FAILURES = 3  # `watch`'s exit status when the job completed but items failed
-
-
-def outcome(report: JobReport) -> tuple[str, int]:
-    """The last line `watch` prints for a finished job, and its exit status: 0 completed,
-    1 failed, `COMPLETED_WITH_FAILURES` completed with failed items."""
-    status = report.job_status
-    text = status.message or status.status.value
-    failures = 0 if report.job_stats is None else report.job_stats.failures
-    if failures:
-        text += (
-            f"\n{failures:,} of {status.total or 0:,} items failed; "
-            f"see them with `joblot results {status.id} --failed`"
-        )
-    if status.status is not Status.COMPLETED:
-        return text, 1
-    return text, COMPLETED_WITH_FAILURES if failures else 0
+def _follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
+    """Show a job's progress from its event stream until it finishes; its exit status."""
+    final = follow(client.report_events(job_id), sys.stdout, interval=args.interval)
+    text, code = outcome(final)
+    print(text)
+    return code
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Follow a job with a live progress bar; exit 0 if it completes, 1 if it fails, 3 if it
     completes with failed items."""
-    tty = sys.stdout.isatty()
     with _client(args) as client:
-        report = client.report(args.id)
-        first_seen: tuple[float, int] | None = None
-        while True:
-            status, stats = report.job_status, report.job_stats
-            now, done = time.monotonic(), status.progress or 0
-            if first_seen is None and status.progress is not None:
-                first_seen = (now, done)
-            rate = None
-            if first_seen is not None and now > first_seen[0]:
-                rate = (done - first_seen[1]) / (now - first_seen[0]) or None
-            line = progress_line(status, rate, failures=None if stats is None else stats.failures)
-            sys.stdout.write(f"\r\x1b[2K{line}" if tty else f"{line}\n")
-            sys.stdout.flush()
-            if status.finished:
-                break
-            time.sleep(args.interval)
-            report = client.report(args.id)
-    text, code = outcome(report)
-    print(("\n" if tty else "") + text)
-    return code
+        return _follow(client, args.id, args)
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -372,6 +311,16 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
         "--url", help="joblot server (default: env JOBLOT_URL, else http://127.0.0.1:8000)"
     )
     p.add_argument("--token", help="API token (default: env JOBLOT_TOKEN)")
+
+
+def _follow_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="when stdout is not a terminal, print a line at most this often (0.5)",
+    )
 
 
 Command = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
@@ -460,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", metavar="FILE", help="JSON array or JSON lines (default: stdin)")
     p.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
     p.add_argument("--callback-url", help="POST a signed event here when the job finishes")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the job as `watch` does: exit 0 if it completes, 1 if it fails, 3 if "
+        "it completes with failed items",
+    )
+    _follow_flags(p)
     _client_flags(p)
     for name, fn, text in (
         ("status", cmd_status, "print a JobStatus"),
@@ -470,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
         _client_flags(p)
         if name == "watch":
-            p.add_argument("--interval", type=float, default=0.5, help="seconds between refreshes")
+            _follow_flags(p)
     _result_commands(command)
     p = command("list", cmd_list, "list jobs, unfinished first")
     p.add_argument(
