@@ -56,6 +56,7 @@ from joblot.params import (
     tags,
 )
 from joblot.service import Service
+from joblot.status_cache import Statuses, StatusLane
 from joblot.store import JobRow, Page
 from joblot.waits import Ended, Wait, Waits, guarded
 
@@ -127,6 +128,7 @@ class Routes:
         self.auth = Authenticator(service, service.settings, auth_clock)
         self.http_metrics = HttpMetrics()
         self.waits = Waits(self.auth, service.settings.max_streams_per_token)
+        self.statuses = Statuses(service)
 
     def stream(
         self, request: Request, events: AsyncIterator[bytes], headers: dict[str, str]
@@ -198,10 +200,10 @@ class Routes:
                         raise Unauthorized("the token of this request was revoked") from None
             if etag(job_id, version) in tags(given):
                 return Response(status_code=304, headers={"ETag": etag(job_id, version)})
-        row = await self.service.get_job(tenant, job_id)
-        body = status_body(row, base_url(request, self.service))
-        headers = {"ETag": etag(row.id, row.version), "Cache-Control": "no-cache"}
-        return JSONResponse(body, headers=headers)
+        base = base_url(request, self.service)
+        status = await self.statuses.render(request.scope, tenant, job_id, base)
+        headers = {"ETag": status.etag, "Cache-Control": "no-cache"}
+        return Response(status.body, headers=headers, media_type=JSONResponse.media_type)
 
     async def _wait_for_change(self, tenant: str, job_id: str, given: str, wait: float) -> int:
         """Hold a long poll until the version differs from the ETags given or `wait` passes."""
@@ -435,7 +437,13 @@ def create_app(
     routes = Routes(service, auth_clock)
     return Starlette(
         routes=[*_routes(routes), *Dashboard().routes()],
-        middleware=[Middleware(MetricsMiddleware, metrics=routes.http_metrics)],
+        middleware=[
+            # first: a status read it answers costs no router, no middleware, no query
+            Middleware(
+                StatusLane, statuses=routes.statuses, auth=routes.auth, metrics=routes.http_metrics
+            ),
+            Middleware(MetricsMiddleware, metrics=routes.http_metrics),
+        ],
         exception_handlers={
             JoblotError: _joblot_error,
             HTTPException: _http_error,

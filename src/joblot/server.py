@@ -15,6 +15,7 @@ import threading
 import time
 
 import uvicorn
+import uvloop
 
 from joblot import logs
 from joblot.api import create_app
@@ -291,12 +292,18 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The event loop `joblot serve` runs on: uvloop's, which spends about half of the time
+    asyncio's own does on each request."""
+    return uvloop.new_event_loop()
+
+
 def serve(settings: Settings) -> None:
     """The HTTP API in this process plus `settings.workers` worker processes."""
     app = load_app(settings.app)
     # The port first: a busy port fails before anything touches the database.
     sock = listen(settings.host, settings.port)
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     try:
         store = loop.run_until_complete(prepare_store(settings, migrate_if_empty=True))
     except BaseException:
@@ -336,7 +343,7 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's lines go through configure_logging's handler and format
         access_log=False,
-        loop="asyncio",
+        loop="none",  # serve's own loop, made by new_loop
         http=EdgeProtocol,  # httptools, with limits on headers and read timeouts
         ws="none",
         lifespan="on",

@@ -251,6 +251,10 @@ class Service:
             raise RecordNotFound.for_job(job_id)
         return version
 
+    async def job_expiry(self, tenant: str, job_id: str) -> float | None:
+        """When the job expires (None: unfinished, or no such job)."""
+        return await self.store.job_expiry(tenant, job_id, self.clock())
+
     async def cancel_job(self, tenant: str, job_id: str) -> JobRow:
         """Stop a job; items not yet started never run."""
         stopped = await self.store.stop_job(

@@ -37,6 +37,7 @@ ABOVE_THE_STORE = {
     "dashboard",
     "export",
     "bodies",
+    "status_cache",
 }
 
 

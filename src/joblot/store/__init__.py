@@ -351,6 +351,10 @@ class Store(Protocol):
     async def job_version(self, tenant: str, job_id: str, now: float) -> int | None:
         """The job's version counter (bumped by every visible change), or None."""
 
+    async def job_expiry(self, tenant: str, job_id: str, now: float) -> float | None:
+        """When the job expires, after which it reads as missing and may be purged; None
+        while it has no expiry (unfinished) or if there is no such job."""
+
     async def stop_job(
         self, tenant: str | None, job_id: str, *, message: str | None, now: float, retention: float
     ) -> bool:

@@ -175,6 +175,11 @@ class PostgresStore:
         async with self._pool.connection() as conn:
             return await clients.job_version(conn, tenant, job_id, now)
 
+    async def job_expiry(self, tenant: str, job_id: str, now: float) -> float | None:
+        """When the job expires (None: unfinished, or no such job)."""
+        async with self._pool.connection() as conn:
+            return await clients.job_expiry(conn, tenant, job_id, now)
+
     async def stop_job(
         self, tenant: str | None, job_id: str, *, message: str | None, now: float, retention: float
     ) -> bool:

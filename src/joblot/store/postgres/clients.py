@@ -216,6 +216,12 @@ async def job_version(conn: Conn, tenant: str, job_id: str, now: float) -> int |
     return None if row is None else int(row[0])
 
 
+async def job_expiry(conn: Conn, tenant: str, job_id: str, now: float) -> float | None:
+    """When the job expires; None while it has no expiry (unfinished) or if there is no such job."""
+    row = await fetch_one(conn, "job_expiry", {"id": job_id, "tenant": tenant, "now": now})
+    return None if row is None or row[0] is None else float(row[0])
+
+
 # -- stop ---------------------------------------------------------------------------------------
 
 

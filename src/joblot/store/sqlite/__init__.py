@@ -191,6 +191,10 @@ class SQLiteStore:
         """The job's change counter, for ETags and long polls."""
         return await self._db.read(clients.job_version, tenant, job_id, now)
 
+    async def job_expiry(self, tenant: str, job_id: str, now: float) -> float | None:
+        """When the job expires (None: unfinished, or no such job)."""
+        return await self._db.read(clients.job_expiry, tenant, job_id, now)
+
     async def stop_job(
         self, tenant: str | None, job_id: str, *, message: str | None, now: float, retention: float
     ) -> bool:

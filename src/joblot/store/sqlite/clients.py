@@ -226,6 +226,12 @@ def job_version(conn: Conn, tenant: str, job_id: str, now: float) -> int | None:
     return None if row is None else int(row[0])
 
 
+def job_expiry(conn: Conn, tenant: str, job_id: str, now: float) -> float | None:
+    """When the job expires; None while it has no expiry (unfinished) or if there is no such job."""
+    row = fetch_one(conn, "job_expiry", {"id": job_id, "tenant": tenant, "now": now})
+    return None if row is None or row[0] is None else float(row[0])
+
+
 # -- stop ---------------------------------------------------------------------------------------
 
 

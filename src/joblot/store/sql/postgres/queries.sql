@@ -190,6 +190,11 @@ ORDER BY idx DESC LIMIT %(limit)s;
 SELECT version FROM jobs
 WHERE id = %(id)s AND tenant = %(tenant)s AND (expires_at IS NULL OR expires_at > %(now)s);
 
+-- name: job_expiry
+-- When a finished job expires (and may be purged): until then its status can be kept.
+SELECT expires_at FROM jobs
+WHERE id = %(id)s AND tenant = %(tenant)s AND (expires_at IS NULL OR expires_at > %(now)s);
+
 -- name: job_state.select
 -- The counters the lifecycle rules (joblot.models) read inside a write transaction.
 -- Differs by necessity from SQLite: the row is locked until commit, since writers on other

@@ -140,6 +140,11 @@ ORDER BY idx DESC LIMIT :limit;
 SELECT version FROM jobs
 WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now);
 
+-- name: job_expiry
+-- When a finished job expires (and may be purged): until then its status can be kept.
+SELECT expires_at FROM jobs
+WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now);
+
 -- name: job_state.select
 -- The counters the lifecycle rules (joblot.models) read inside a write transaction.
 SELECT status, total, progress, failures, pending, message, message_set, max_failures,

@@ -1,0 +1,216 @@
+"""Status reads that cost no query: the rendered statuses of settled jobs, kept in memory.
+
+A settled job (completed, or failed with every item finished) never changes again: no
+worker holds any of its items, so no result, count or message of it can still arrive, and
+nothing else writes its row. Only the purge deletes it, and only after it expired, which
+each kept status remembers: past that instant it is read from the database again (and found
+missing). So answering a settled job from memory never returns a status older than the last
+committed change, in this process or any other. Jobs that may still change are read from
+the database on every request, as before.
+
+`StatusLane` answers `GET /api/v2/job_statuses/{id}` of a kept status (200, or 304 for a
+matching `If-None-Match`) in front of the app's middleware and router, after the same
+authentication; every other request, and every status not kept, goes on to the app.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from joblot.auth import Authenticator
+from joblot.bodies import error_response, etag, status_body
+from joblot.errors import JoblotError, RecordNotFound
+from joblot.metrics import HttpMetrics
+from joblot.models import API_PREFIX, Status
+from joblot.params import tags
+from joblot.service import Service
+from joblot.store import JobRow
+
+CACHE_BYTES = 32 * 1024 * 1024  # rendered bodies kept per API process, oldest dropped first
+ROUTE = f"{API_PREFIX}/job_statuses/{{id}}"  # the metrics label of the route
+_PATH = re.compile(re.escape(API_PREFIX) + r"/job_statuses/([0-9a-f]{32})(?:\.json)?")
+_WANTED = frozenset((b"authorization", b"if-none-match", b"prefer", b"host"))
+
+
+def settled(row: JobRow) -> bool:
+    """Whether the job can no longer change: finished with every item finished (a failed job
+    whose items were still running when it stopped takes their results until they end)."""
+    return row.status in (Status.COMPLETED, Status.FAILED) and row.progress >= row.total
+
+
+def origin(scope: Scope) -> Hashable:
+    """What a status's `url` depends on besides the job, when no public URL is configured:
+    the request's scheme, Host header (or server address) and root path."""
+    host = next((v for k, v in scope["headers"] if k == b"host"), None)
+    return (scope.get("scheme"), host, scope.get("server"), scope.get("root_path", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A JobStatus body ready to send, with its ETag, for the tenant that owns the job."""
+
+    tenant: str
+    etag: str
+    body: bytes
+    expires_at: float  # when the job expires: it must not be answered from memory after that
+    head: list[tuple[bytes, bytes]]  # the 200's headers
+
+    @classmethod
+    def of(cls, tenant: str, row: JobRow, base: str, expires_at: float) -> Rendered:
+        """The status of `row` as show_job answers it."""
+        tag = etag(row.id, row.version)
+        body = orjson.dumps(status_body(row, base))
+        head = [
+            (b"etag", tag.encode()),
+            (b"cache-control", b"no-cache"),
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"application/json"),
+        ]
+        return cls(tenant, tag, body, expires_at, head)
+
+
+class StatusCache:
+    """Rendered statuses of settled jobs by job id and origin, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._kept: dict[tuple[str, Hashable], Rendered] = {}
+        self._bytes = 0
+
+    def get(self, job_id: str, where: Hashable, now: float) -> Rendered | None:
+        """The kept status of the job, unless it has expired by `now`."""
+        found = self._kept.get((job_id, where))
+        if found is not None and now >= found.expires_at:
+            self._drop((job_id, where))
+            return None
+        return found
+
+    def keep(self, job_id: str, where: Hashable, rendered: Rendered) -> None:
+        """Keep a settled job's status; the oldest kept go when the bytes run out."""
+        key = (job_id, where)
+        self._drop(key)
+        if len(rendered.body) > self.max_bytes:
+            return
+        while self._kept and self._bytes + len(rendered.body) > self.max_bytes:
+            self._drop(next(iter(self._kept)))
+        self._kept[key] = rendered
+        self._bytes += len(rendered.body)
+
+    def _drop(self, key: tuple[str, Hashable]) -> None:
+        gone = self._kept.pop(key, None)
+        if gone is not None:
+            self._bytes -= len(gone.body)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+class Statuses:
+    """Reads of one JobStatus as show_job answers them: from the cache when the job has
+    settled, else from the database (keeping it if it has settled since)."""
+
+    def __init__(self, service: Service, cache: StatusCache | None = None) -> None:
+        self.service = service
+        self.cache = cache if cache is not None else StatusCache()
+        self.public = service.settings.public_url is not None
+
+    def where(self, scope: Scope) -> Hashable:
+        """The cache key's part for the request: what its statuses' `url`s depend on."""
+        return None if self.public else origin(scope)
+
+    def kept(self, scope: Scope, job_id: str) -> Rendered | None:
+        """The job's kept status, for whichever tenant owns it (the caller must check)."""
+        return self.cache.get(job_id, self.where(scope), self.service.clock())
+
+    async def render(self, scope: Scope, tenant: str, job_id: str, base: str) -> Rendered:
+        """The tenant's job's status (RecordNotFound if it has none such)."""
+        hit = self.kept(scope, job_id)
+        if hit is not None and hit.tenant == tenant:
+            return hit
+        row = await self.service.get_job(tenant, job_id)
+        if not settled(row):
+            return Rendered.of(tenant, row, base, float("-inf"))
+        # Read after the row: a settled job's expiry is fixed by then; None if purged meanwhile.
+        expires_at = await self.service.job_expiry(tenant, job_id)
+        rendered = Rendered.of(tenant, row, base, expires_at or float("-inf"))
+        if expires_at is not None:
+            self.cache.keep(job_id, self.where(scope), rendered)
+        return rendered
+
+
+class StatusLane:
+    """Pure ASGI middleware: a plain GET of a kept status is answered here, after the same
+    authentication and counted in the same metrics; everything else goes on to `app`.
+
+    A request with `Prefer` (a long poll) goes on too: waiting is the route's. So does one
+    whose authentication fails, to be refused by the app exactly as any other request.
+    """
+
+    def __init__(
+        self, app: ASGIApp, statuses: Statuses, auth: Authenticator, metrics: HttpMetrics
+    ) -> None:
+        self.app = app
+        self.statuses = statuses
+        self.auth = auth
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
+            match = _PATH.fullmatch(scope["path"])
+            if match is not None and await self._answer(scope, match[1], receive, send):
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope, job_id: str, receive: Receive, send: Send) -> bool:
+        """Answer from the cache; False (nothing sent) if the app must answer instead."""
+        started = time.perf_counter()
+        headers = _headers(scope)
+        if b"prefer" in headers:
+            return False
+        kept = self.statuses.kept(scope, job_id)
+        if kept is None:
+            return False
+        try:
+            caller = await self.auth.caller(_text(headers.get(b"authorization")))
+        except JoblotError:
+            return False
+        if caller.tenant != kept.tenant:
+            response = error_response(RecordNotFound.for_job(job_id))
+            await response(scope, receive, send)
+            code = response.status_code
+        else:
+            code = await _send_status(send, kept, _text(headers.get(b"if-none-match")))
+        self.metrics.observe(ROUTE, code, time.perf_counter() - started)
+        return True
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The first of each header the lane reads (as Starlette's `headers.get` takes)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED and name not in found:
+            found[name] = value
+    return found
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+async def _send_status(send: Send, kept: Rendered, given: str | None) -> int:
+    """The kept status, or 304 when `given` (If-None-Match) names its ETag."""
+    if given is not None and kept.etag in tags(given):
+        headers: Any = [(b"etag", kept.head[0][1])]
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return 304
+    await send({"type": "http.response.start", "status": 200, "headers": kept.head})
+    await send({"type": "http.response.body", "body": kept.body})
+    return 200
