@@ -84,9 +84,9 @@ def _last_event_id(head: bytes) -> str | None:
 
 
 def test_a_cut_stream_resumes_with_last_event_id_and_still_gets_the_final_status(
-    start_server: Any, proxy_to: Any
+    db_url: str, start_server: Any, proxy_to: Any
 ) -> None:
-    server = start_server(workers=0)
+    server = start_server(workers=0, db=db_url)
     job = server.submit("demo.sleep", SLOW_ITEMS)
     proxy = proxy_to(server)
     seen: list[JobStatus] = []
