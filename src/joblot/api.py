@@ -35,10 +35,11 @@ from joblot.errors import (
     InvalidParameter,
     JoblotError,
     MethodNotAllowed,
+    NotReady,
     RecordNotFound,
     Unauthorized,
 )
-from joblot.events import CHANGE_POLL_SECONDS, status_events
+from joblot.events import status_events, tenant_events
 from joblot.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware, exposition
 from joblot.models import API_PREFIX, MAX_SHOW_MANY, status_url
 from joblot.openapi import openapi_document
@@ -59,6 +60,7 @@ from joblot.service import Service
 from joblot.status_cache import Statuses, StatusLane
 from joblot.store import JobRow, Page
 from joblot.waits import Ended, Wait, Waits, guarded
+from joblot.watcher import Batched, Watcher
 
 log = logging.getLogger("joblot.api")
 
@@ -129,6 +131,13 @@ class Routes:
         self.http_metrics = HttpMetrics()
         self.waits = Waits(self.auth, service.settings.max_streams_per_token)
         self.statuses = Statuses(service)
+        self.watcher = Watcher(service.store)  # shared by every long poll and event stream
+        self._shared_versions: Batched[tuple[str, str], int] = Batched(
+            lambda key: service.job_version(*key)
+        )
+        self._shared_jobs: Batched[tuple[str, str], JobRow] = Batched(
+            lambda key: service.get_job(*key)
+        )
 
     def stream(
         self, request: Request, events: AsyncIterator[bytes], headers: dict[str, str]
@@ -190,29 +199,48 @@ class Routes:
         given = request.headers.get("if-none-match")
         wait = prefer_wait(request)
         if given is not None:  # unchanged costs one version lookup, not the whole status
-            version = await self.service.job_version(tenant, job_id)
-            if wait and etag(job_id, version) in tags(given):
-                async with self.waits.holding(caller_of(request)) as held:
-                    try:
-                        waited = self._wait_for_change(tenant, job_id, given, wait)
-                        version = await held.race(waited)
-                    except Ended:
-                        raise Unauthorized("the token of this request was revoked") from None
+            if wait:
+                version = await self._long_poll(request, tenant, job_id, given, wait)
+            else:
+                version = await self.service.job_version(tenant, job_id)
             if etag(job_id, version) in tags(given):
                 return Response(status_code=304, headers={"ETag": etag(job_id, version)})
         base = base_url(request, self.service)
+        if given is not None and wait:  # woken with many others, maybe: one read for all
+            row = await self._shared_jobs((tenant, job_id))
+            headers = {"ETag": etag(row.id, row.version), "Cache-Control": "no-cache"}
+            return JSONResponse(status_body(row, base), headers=headers)
         status = await self.statuses.render(request.scope, tenant, job_id, base)
         headers = {"ETag": status.etag, "Cache-Control": "no-cache"}
         return Response(status.body, headers=headers, media_type=JSONResponse.media_type)
 
+    async def _long_poll(
+        self, request: Request, tenant: str, job_id: str, given: str, wait: float
+    ) -> int:
+        """The job's version now; if it is one of the ETags `given`, once it changes or `wait`
+        seconds pass. Long polls of one job that arrive (or wake) together share their reads."""
+        version = await self._shared_versions((tenant, job_id))
+        if etag(job_id, version) not in tags(given):
+            return version
+        async with self.waits.holding(caller_of(request)) as held:
+            try:
+                return await held.race(self._wait_for_change(tenant, job_id, given, wait))
+            except Ended:
+                raise Unauthorized("the token of this request was revoked") from None
+
     async def _wait_for_change(self, tenant: str, job_id: str, given: str, wait: float) -> int:
-        """Hold a long poll until the version differs from the ETags given or `wait` passes."""
+        """Hold a long poll until the version differs from the ETags given or `wait` passes;
+        the watcher wakes it, so an unchanged job costs no query while it waits."""
         deadline = time.monotonic() + wait
-        while True:
-            await asyncio.sleep(CHANGE_POLL_SECONDS)
-            version = await self.service.job_version(tenant, job_id)
-            if etag(job_id, version) not in tags(given) or time.monotonic() >= deadline:
-                return version
+        key = (tenant, job_id)
+        with self.watcher.job(job_id) as ticket:
+            version = await self._shared_versions(key)  # again, now that it is watched
+            while etag(job_id, version) in tags(given):
+                if not await ticket.wait(deadline - time.monotonic()):
+                    return await self._shared_versions(key)
+                reported = ticket.version  # None: woken without news, so read it
+                version = await self._shared_versions(key) if reported is None else reported
+            return version
 
     async def job_events(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/{id}/events: status changes as Server-Sent Events."""
@@ -227,12 +255,23 @@ class Routes:
             return status_body(row, base)
 
         stream = status_events(
-            self.service,
-            tenant,
-            job_id,
-            last_seen=last_seen,
-            render=render,
-            disconnected=request.is_disconnected,
+            self.service, self.watcher, tenant, job_id, last_seen=last_seen, render=render
+        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return self.stream(request, stream, headers)
+
+    async def tenant_events(self, request: Request) -> Response:
+        """GET /api/v2/job_statuses/events: every change of the tenant's jobs (new ones too)
+        as Server-Sent Events, `results` null; Last-Event-ID resumes; never ends on its own."""
+        raw = request.headers.get("last-event-id", "").strip()
+        position = raw if raw and self.service.store.valid_position(raw) else None
+        base = base_url(request, self.service)
+
+        def render(row: JobRow) -> dict[str, Any]:
+            return status_body(row, base)
+
+        stream = tenant_events(
+            self.service, self.watcher, tenant_of(request), position=position, render=render
         )
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return self.stream(request, stream, headers)
@@ -350,6 +389,22 @@ class Routes:
         applied, latest = await self.service.schema_version()
         return JSONResponse({"status": "ok", "schema": applied, "latest_schema": latest})
 
+    async def live(self, request: Request) -> Response:
+        """GET /livez: the process answers (it asks the database nothing)."""
+        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-cache"})
+
+    async def ready(self, request: Request) -> Response:
+        """GET /readyz: the database answers and its schema is current; else 503 with
+        Retry-After (at once when PostgreSQL is known to be down)."""
+        applied, latest = await self.service.schema_version()
+        if applied != latest:
+            raise NotReady(
+                f"the database schema is at migration {applied}, this joblot's is at {latest}: "
+                "run `joblot migrate` with the newest version of joblot"
+            )
+        body = {"status": "ok", "schema": applied, "latest_schema": latest}
+        return JSONResponse(body, headers={"Cache-Control": "no-cache"})
+
 
 def _routes(r: Routes) -> list[Route]:
     def api(path: str, endpoint: Endpoint, method: str, *, json_suffix: bool = True) -> list[Route]:
@@ -362,6 +417,8 @@ def _routes(r: Routes) -> list[Route]:
         *api(f"{API}/jobs", r.submit_job, "POST"),
         *api(f"{API}/job_statuses", r.list_jobs, "GET"),
         *api(f"{API}/job_statuses/show_many", r.show_many, "GET"),
+        # before `{id}`, which `events` would match too
+        *api(f"{API}/job_statuses/events", r.tenant_events, "GET", json_suffix=False),
         *api(f"{API}/job_statuses/{{id}}/results", r.list_results, "GET"),
         *api(
             f"{API}/job_statuses/{{id}}/results/export", r.export_results, "GET", json_suffix=False
@@ -375,6 +432,8 @@ def _routes(r: Routes) -> list[Route]:
         *api(f"{API}/job_statuses/{{id}}", r.show_job, "GET", json_suffix=False),
         Route("/openapi.json", r.openapi, methods=["GET"]),
         Route("/healthz", r.health, methods=["GET"]),
+        Route("/livez", r.live, methods=["GET"]),
+        Route("/readyz", r.ready, methods=["GET"]),
         Route("/metrics", r.metrics, methods=["GET"]),
     ]
 
@@ -431,6 +490,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await routes.watcher.close()
             if on_close is not None:
                 await on_close()
 

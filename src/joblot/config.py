@@ -38,7 +38,9 @@ class Settings:
     inline_results: int = 1000  # jobs with more items serve results from /results only
     max_items: int = 100_000  # items accepted in one job
     max_body_bytes: int = 16 * 1024 * 1024  # request bodies larger than this get a 413
-    idle_poll_seconds: float = 0.05  # how often an idle worker looks for new items
+    # how often an idle worker looks for new items (on PostgreSQL only while not listening:
+    # a listening one is woken by NOTIFY and looks on its own once a second)
+    idle_poll_seconds: float = 0.05
     max_active_jobs: int = 30  # queued or working jobs a tenant may have (Zendesk's limit)
     rate_limit_per_minute: int = 700  # requests a token may make, per API process
     max_streams_per_token: int = 100  # streams and long polls a token may hold, per API process

@@ -157,6 +157,13 @@ class Unavailable(JoblotError):
     retry_after = 2
 
 
+class NotReady(Unavailable):
+    """The database answers, but its schema is not the one this version of joblot uses."""
+
+    name = "SchemaOutOfDate"
+    retry_after = 10
+
+
 class SchemaOutOfDate(JoblotError):
     """The database schema is behind this version of joblot."""
 

@@ -159,19 +159,16 @@ class Worker:
         return self.concurrency - held
 
     async def _idle(self) -> None:
-        """Wait for work, a stop request, or the poll interval, whichever comes first."""
+        """Wait for work, a stop request, or the poll interval, whichever comes first (on
+        PostgreSQL, while listening: a NOTIFY, or a poll every second in case one was lost)."""
         waits = [
             asyncio.create_task(self._stopping.wait()),
             asyncio.create_task(self.service.wait_for_work(self.settings.idle_poll_seconds)),
             # A batch that ends frees room a limited job type may be waiting for.
             asyncio.create_task(self._batch_done.wait()),
         ]
-        try:
-            await asyncio.wait(
-                waits,
-                timeout=self.settings.idle_poll_seconds * 2,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+        try:  # the store's wait returns by itself: on PostgreSQL at a NOTIFY or a slow poll
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in waits:
                 task.cancel()

@@ -33,7 +33,7 @@ async def test_the_stream_sends_each_change_and_ends_with_the_finished_status(
     tmp_path: Path,
 ) -> None:
     async with harness(tmp_path) as h:
-        job = await h.submit([{"id": i, "seconds": 0.05} for i in range(12)], "demo.sleep")
+        job = await h.submit([{"id": i, "seconds": 0.2} for i in range(12)], "demo.sleep")
         h.start_worker()
         response = await h.http.get(f"/api/v2/job_statuses/{job['id']}/events")
         assert response.status_code == 200

@@ -103,6 +103,7 @@ ONLY_SQLITE = {
     "get_job.inline_results": "a second local query; PostgreSQL folds it into get_job.select",
     "metric_counts.end": "ends the read snapshot; psycopg's transaction() ends PostgreSQL's",
     "submit_job.insert_item": "executemany; PostgreSQL streams items with COPY",
+    "changes.next": "a change counter; PostgreSQL stamps changes with their transaction id",
     "submit_job.begin_load": "big jobs load in steps: SQLite's one writer blocks all others",
     "submit_job.load_held": "big jobs load in steps: SQLite's one writer blocks all others",
     "submit_job.end_load": "big jobs load in steps: SQLite's one writer blocks all others",
@@ -127,6 +128,7 @@ ONLY_POSTGRES = {
     "work.heartbeat": "LISTEN/NOTIFY; SQLite has no notifications",
     "work.listen": "LISTEN/NOTIFY; SQLite has no notifications",
     "work.notify": "LISTEN/NOTIFY; SQLite has no notifications",
+    "changes.notify": "LISTEN/NOTIFY; SQLite has no notifications",
 }
 
 

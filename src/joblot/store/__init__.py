@@ -275,6 +275,25 @@ class Page(Generic[T]):
     has_more: bool
 
 
+@dataclass(frozen=True)
+class JobChange:
+    """A job whose last visible change a reader had not seen: who to wake, and the version."""
+
+    id: str
+    tenant: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Changes(Generic[T]):
+    """What changed since a position, and the position after it. Positions are opaque text a
+    backend makes and reads back (an event id of the tenant stream): SQLite's change number,
+    PostgreSQL's snapshot."""
+
+    rows: list[T]
+    position: str
+
+
 class Store(Protocol):
     """Every operation the service needs from a database; SQL lives beside each backend.
 
@@ -473,6 +492,23 @@ class Store(Protocol):
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new items may be claimable, or after `timeout` seconds at the latest."""
+
+    async def change_position(self) -> str:
+        """The position from which only changes made from now on are news."""
+
+    async def changes_since(self, position: str) -> Changes[JobChange]:
+        """The jobs of every tenant changed since `position` (one query), and the next one."""
+
+    async def tenant_changes(self, tenant: str, position: str, now: float) -> Changes[JobRow]:
+        """The tenant's jobs changed since `position`, in their latest state without results,
+        and the next position."""
+
+    def valid_position(self, position: str) -> bool:
+        """Whether `position` (from a client's Last-Event-ID) is one this backend can read."""
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when a job may have changed (where the backend notifies), else after
+        `timeout`; a change announced while nobody waited returns the next call at once."""
 
     async def close(self) -> None:
         """Release connections and threads."""

@@ -12,11 +12,13 @@ from joblot.store import (
     ANY_JOB,
     NO_LIMITS,
     AttemptOutcome,
+    Changes,
     Claim,
     DeliveryRow,
     DueDelivery,
     FinishedItem,
     FinishOutcome,
+    JobChange,
     JobFilter,
     JobRow,
     LapsedLease,
@@ -31,7 +33,12 @@ from joblot.store import (
 )
 from joblot.store.postgres import clients, connection, maintenance, webhooks, work
 from joblot.store.postgres.connection import SQL, WAIT_SECONDS, Pool
-from joblot.store.postgres.notify import WorkListener
+from joblot.store.postgres.notify import ChangeNotifier, WorkListener
+
+# While the LISTEN connection is up, idle workers and watchers rely on notifications and look
+# on their own only this often: for what no notification announces (a rate limit's window
+# moving on) and in case one was lost.
+NOTIFIED_POLL_SECONDS = 1.0
 
 
 class PostgresStore:
@@ -48,15 +55,53 @@ class PostgresStore:
         info = connection.conninfo(url)
         self._pool = Pool(info, min_size=min_size, max_size=max_size, timeout=timeout)
         self._listener = WorkListener(info, SQL["work.listen"], SQL["work.heartbeat"])
+        self._notifier = ChangeNotifier(self._announce)
+        self._work_seen: int | None = None  # notifications a wait_for_work has returned at
+        self._change_seen: int | None = None  # and a wait_for_change
 
     async def close(self) -> None:
         """Stop listening and close every pooled connection."""
+        await self._notifier.close()
         await self._listener.close()
         await self._pool.close()
 
     async def wait_for_work(self, timeout: float) -> None:
-        """Return at the next NOTIFY on `joblot_work`, or after `timeout` seconds."""
-        await self._listener.wait(timeout)
+        """Return at the next NOTIFY (new work, or a change that may free room for a limited
+        job type), or after `timeout` seconds; while listening, after NOTIFIED_POLL_SECONDS
+        if that is longer."""
+        timeout = max(timeout, NOTIFIED_POLL_SECONDS) if self._listener.up else timeout
+        self._work_seen = await self._listener.wait(timeout, self._work_seen)
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return at the next NOTIFY of a change or a submit made on any node, or after
+        `timeout` seconds; while listening, after NOTIFIED_POLL_SECONDS if that is longer."""
+        timeout = max(timeout, NOTIFIED_POLL_SECONDS) if self._listener.up else timeout
+        self._change_seen = await self._listener.wait(timeout, self._change_seen)
+
+    async def _announce(self) -> None:
+        async with self._pool.connection() as conn:
+            await connection.rowcount(conn, "changes.notify")
+
+    # -- changes ------------------------------------------------------------------------------
+
+    async def change_position(self) -> str:
+        """The snapshot of now."""
+        async with self._pool.connection() as conn:
+            return await clients.change_position(conn)
+
+    async def changes_since(self, position: str) -> Changes[JobChange]:
+        """Every job changed since snapshot `position`, in one query (two index probes)."""
+        async with self._pool.connection() as conn:
+            return await clients.changes_since(conn, position)
+
+    async def tenant_changes(self, tenant: str, position: str, now: float) -> Changes[JobRow]:
+        """The tenant's jobs changed since snapshot `position`, without results."""
+        async with self._pool.connection() as conn:
+            return await clients.tenant_changes(conn, tenant, position, now)
+
+    def valid_position(self, position: str) -> bool:
+        """A snapshot PostgreSQL can read back."""
+        return clients.valid_position(position)
 
     async def listening(self, timeout: float) -> bool:
         """Start the LISTEN connection now; True once it is up (within `timeout` seconds)."""
@@ -185,9 +230,12 @@ class PostgresStore:
     ) -> bool:
         """Fail an unfinished job; False when there is no such job for this tenant."""
         async with self._pool.acknowledged() as conn:
-            return await clients.stop_job(
+            stopped = await clients.stop_job(
                 conn, tenant, job_id, message=message, now=now, retention=retention
             )
+        if stopped:
+            self._notifier.changed()
+        return stopped
 
     async def create_token(self, token_id: str, tenant: str, digest: str, now: float) -> None:
         """Store a new token's digest."""
@@ -235,7 +283,7 @@ class PostgresStore:
         """Lease a batch of the runnable job whose turn it is and whose type's limits leave
         room, sized by its type's pace."""
         async with self._pool.connection() as conn:
-            return await work.claim_items(
+            claim = await work.claim_items(
                 conn,
                 worker_id,
                 job_types,
@@ -245,6 +293,9 @@ class PostgresStore:
                 limits=limits,
                 paces=paces,
             )
+        if claim is not None and claim.started:  # queued -> working
+            self._notifier.changed()
+        return claim
 
     async def finish_items(
         self,
@@ -259,7 +310,7 @@ class PostgresStore:
     ) -> FinishOutcome:
         """Record results if the lease is still held; otherwise refuse them all."""
         async with self._pool.connection() as conn:
-            return await work.finish_items(
+            outcome = await work.finish_items(
                 conn,
                 lease_id,
                 items,
@@ -269,6 +320,9 @@ class PostgresStore:
                 retention=retention,
                 abort=abort,
             )
+        if outcome.accepted:
+            self._notifier.changed()
+        return outcome
 
     async def renew_leases(self, lease_ids: list[int], now: float, until: float) -> set[int]:
         """Extend the leases still held; a lapsed one is not revived."""
@@ -280,14 +334,20 @@ class PostgresStore:
     async def release_lease(self, lease_id: int, now: float) -> int:
         """Give back the unstarted items of a lease at once (a worker stopping cleanly)."""
         async with self._pool.connection() as conn:
-            return await work.release_lease(conn, lease_id, now)
+            released = await work.release_lease(conn, lease_id, now)
+        if released:  # work for the idle workers of other nodes
+            self._notifier.changed()
+        return released
 
     # -- cluster-wide chores ------------------------------------------------------------------
 
     async def requeue_expired(self, now: float, max_attempts: int, retention: float) -> int:
         """Return the items of lapsed leases to the queue; fail those out of attempts."""
         async with self._pool.connection() as conn:
-            return await maintenance.requeue_expired(conn, now, max_attempts, retention)
+            requeued = await maintenance.requeue_expired(conn, now, max_attempts, retention)
+        if requeued:  # work again, and jobs that ran out of attempts may have failed
+            self._notifier.changed()
+        return requeued
 
     async def lapsed_leases(self, now: float) -> list[LapsedLease]:
         """The leases requeue_expired would requeue at `now`, with their jobs and workers."""

@@ -5,6 +5,7 @@ Reads are one autocommit statement each (one round trip); writes open a transact
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,8 @@ from joblot.errors import Unavailable
 from joblot.models import JOB_DURATION_BUCKETS, after_stop
 from joblot.store import (
     ANY_JOB,
+    Changes,
+    JobChange,
     JobFilter,
     JobRow,
     MetricCounts,
@@ -308,3 +311,62 @@ async def read_metric_counts(conn: Conn, now: float) -> MetricCounts:
             await fetch_all(conn, "metric_counts.totals"),
             await fetch_all(conn, "metric_counts.running", {"now": now}),
         )
+
+
+# -- changes ------------------------------------------------------------------------------------
+
+# A position is a snapshot as PostgreSQL writes it: `xmin:xmax:xip,...` (see migration 011).
+_SNAPSHOT = re.compile(r"([0-9]{1,19}):([0-9]{1,19}):((?:[0-9]{1,19},)*[0-9]{1,19})?")
+MAX_POSITION = 4096  # characters: a snapshot lists the transactions running when it was taken
+
+
+async def change_position(conn: Conn) -> str:
+    """The snapshot of now: what commits from now on is news."""
+    row = await fetch_one(conn, "changes.current")
+    assert row is not None
+    return str(row[0])
+
+
+async def changes_since(conn: Conn, position: str) -> Changes[JobChange]:
+    """Every job whose last change the snapshot `position` did not see, and the snapshot this
+    read at."""
+    rows = await fetch_all(conn, "changes.since", _unseen(position))
+    changed = [JobChange(id_, tenant, version) for _, id_, tenant, version in rows if id_]
+    return Changes(changed, rows[0][0])
+
+
+async def tenant_changes(conn: Conn, tenant: str, position: str, now: float) -> Changes[JobRow]:
+    """The tenant's jobs whose last change the snapshot `position` did not see, without
+    results, and the snapshot this read at."""
+    params = {"tenant": tenant, "now": now, **_unseen(position)}
+    rows = await fetch_all(conn, "tenant_changes.select", params)
+    changed = [job_row(row, None) for row in rows if row[0] is not None]
+    return Changes(changed, rows[0][JOB_COLUMNS])
+
+
+def _snapshot(position: str) -> tuple[int, int, list[int]] | None:
+    """xmin, xmax and the running ids of a snapshot as PostgreSQL writes it, if it is one."""
+    found = _SNAPSHOT.fullmatch(position) if len(position) <= MAX_POSITION else None
+    if found is None:
+        return None
+    running = [int(x) for x in found[3].split(",")] if found[3] else []
+    return int(found[1]), int(found[2]), running
+
+
+def _unseen(position: str) -> dict[str, Any]:
+    """The parameters that select the changes snapshot `position` did not see."""
+    snapshot = _snapshot(position)
+    assert snapshot is not None, "positions are checked with valid_position"
+    _, xmax, running = snapshot
+    return {"xmax": xmax, "running": running}
+
+
+def valid_position(position: str) -> bool:
+    """A snapshot as PostgreSQL writes it: 0 < xmin <= xmax, the running ids ascending from
+    xmin and below xmax, all of them bigints."""
+    snapshot = _snapshot(position)
+    if snapshot is None:
+        return False
+    xmin, xmax, running = snapshot
+    in_range = all(xmin <= x < xmax for x in running)
+    return 0 < xmin <= xmax < 2**63 and in_range and running == sorted(running)

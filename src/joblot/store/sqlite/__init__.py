@@ -14,11 +14,13 @@ from joblot.store import (
     ANY_JOB,
     NO_LIMITS,
     AttemptOutcome,
+    Changes,
     Claim,
     DeliveryRow,
     DueDelivery,
     FinishedItem,
     FinishOutcome,
+    JobChange,
     JobFilter,
     JobRow,
     LapsedLease,
@@ -51,6 +53,29 @@ class SQLiteStore:
     async def wait_for_work(self, timeout: float) -> None:
         """Differs by necessity from PostgreSQL: SQLite has no notifications, so idle workers
         poll (one cheap indexed read per `idle_poll_seconds`)."""
+        await asyncio.sleep(timeout)
+
+    # -- changes ------------------------------------------------------------------------------
+
+    async def change_position(self) -> str:
+        """The last change number handed out."""
+        return await self._db.read(clients.change_position)
+
+    async def changes_since(self, position: str) -> Changes[JobChange]:
+        """Every job changed after change number `position` (one indexed range scan)."""
+        return await self._db.read(clients.changes_since, position)
+
+    async def tenant_changes(self, tenant: str, position: str, now: float) -> Changes[JobRow]:
+        """The tenant's jobs changed after change number `position`, without results."""
+        return await self._db.read(clients.tenant_changes, tenant, position, now)
+
+    def valid_position(self, position: str) -> bool:
+        """A change number."""
+        return clients.valid_position(position)
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Differs by necessity from PostgreSQL: no notifications, so the watcher looks every
+        `timeout` seconds (one indexed read for all waiters)."""
         await asyncio.sleep(timeout)
 
     # -- migrations ---------------------------------------------------------------------------

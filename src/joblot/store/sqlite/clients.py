@@ -13,6 +13,8 @@ from joblot.errors import Unavailable
 from joblot.models import JOB_DURATION_BUCKETS, Status, after_stop
 from joblot.store import (
     ANY_JOB,
+    Changes,
+    JobChange,
     JobFilter,
     JobRow,
     MetricCounts,
@@ -22,6 +24,7 @@ from joblot.store import (
     TokenRow,
 )
 from joblot.store.common import (
+    JOB_COLUMNS,
     filter_params,
     idempotency_key_reused,
     job_finished,
@@ -62,9 +65,15 @@ def submit_job(conn: Conn, job: NewJob) -> tuple[JobRow, bool]:
         twin = _twin_or_quota(conn, job)
         if twin is not None:
             return twin, False
-        conn.execute(SQL["submit_job.insert_job"], job_params(job))
+        insert_job(conn, job)
         _insert_items(conn, job, 0, len(job.payloads))
     return queued_row(job), True
+
+
+def insert_job(conn: Conn, job: NewJob) -> None:
+    """The job row, with the next change number (inside the caller's write transaction)."""
+    conn.execute(SQL["changes.next"])
+    conn.execute(SQL["submit_job.insert_job"], job_params(job))
 
 
 def begin_load(conn: Conn, job: NewJob) -> JobRow | None:
@@ -98,7 +107,7 @@ def end_load(conn: Conn, job: NewJob) -> tuple[JobRow, bool]:
             return twin, False
         if rowcount(conn, "submit_job.end_load", {"id": job.id}) != 1:
             raise load_given_up()
-        conn.execute(SQL["submit_job.insert_job"], job_params(job))
+        insert_job(conn, job)
     return queued_row(job), True
 
 
@@ -323,3 +332,32 @@ def read_metric_counts(conn: Conn, now: float) -> MetricCounts:
 
 def _count(row: Any) -> int:
     return int(row[0])
+
+
+# -- changes ------------------------------------------------------------------------------------
+
+
+def change_position(conn: Conn) -> str:
+    """The last change number handed out: what changes from now on comes after it."""
+    (seq,) = fetch_one(conn, "changes.current")
+    return str(seq)
+
+
+def changes_since(conn: Conn, position: str) -> Changes[JobChange]:
+    """Every job changed after change number `position`, and the last number seen."""
+    rows = fetch_all(conn, "changes.since", {"since": int(position)})
+    last = str(rows[-1][3]) if rows else position
+    return Changes([JobChange(id_, tenant, version) for id_, tenant, version, _ in rows], last)
+
+
+def tenant_changes(conn: Conn, tenant: str, position: str, now: float) -> Changes[JobRow]:
+    """The tenant's jobs changed after change number `position`, without results."""
+    params = {"tenant": tenant, "since": int(position), "now": now}
+    rows = fetch_all(conn, "tenant_changes.select", params)
+    last = str(rows[-1][JOB_COLUMNS]) if rows else position
+    return Changes([job_row(row, None) for row in rows], last)
+
+
+def valid_position(position: str) -> bool:
+    """A change number: digits only, and one SQLite's integers hold."""
+    return position.isascii() and position.isdigit() and len(position) <= 18

@@ -133,11 +133,13 @@ def save_state(
     claimed_at: float | None = None,
     turn: float | None = None,
 ) -> None:
-    """Write back what the lifecycle rules decided; bump the version if anyone can see it;
-    queue the webhook event of a job that finishes here."""
+    """Write back what the lifecycle rules decided; bump the version (and take the next
+    change number) if anyone can see it; queue the webhook event of a job that finishes here."""
     params = state_params(
         job_id, old, new, now=now, retention=retention, claimed_at=claimed_at, turn=turn
     )
+    if params["visible"]:
+        conn.execute(SQL["changes.next"])  # the number job_state.save stamps the change with
     conn.execute(SQL["job_state.save"], params)
     if params["finished"]:  # the outbox: its webhook event commits with the final status
         conn.execute(SQL["deliveries.enqueue"], enqueue_params(job_id, new, now))

@@ -70,8 +70,9 @@ COPY items (job_id, idx, payload) FROM STDIN (FORMAT BINARY);
 SELECT pg_notify('joblot_work', '');
 
 -- name: work.listen
--- Run once on the dedicated listening connection of each store (see pgnotify.py).
-LISTEN joblot_work;
+-- Run once on the dedicated listening connection of each store (see notify.py): new work,
+-- and jobs that changed (`changes.notify`), which also frees room for limited job types.
+LISTEN joblot_work; LISTEN joblot_changes;
 
 -- name: work.heartbeat
 -- Proves the listening connection is still alive between notifications.
@@ -213,6 +214,7 @@ WHERE id = %(id)s AND tenant = %(tenant)s AND (expires_at IS NULL OR expires_at 
 FOR NO KEY UPDATE;
 
 -- name: job_state.save
+-- A visible change is stamped with its transaction's id (see migration 011).
 -- Writes back what the rules decided; a visible change is stamped in `updated_at`, the first
 -- claim in `started_at` (and a claim sets when the job's next turn comes, `claimed_at`), and a job that just finished gets its finish time, its purge time
 -- and its place among finished jobs in the listing order.
@@ -226,7 +228,8 @@ UPDATE jobs SET
     finished_at = CASE WHEN %(finished)s THEN %(now)s ELSE finished_at END,
     expires_at = CASE WHEN %(finished)s THEN %(now)s + %(retention)s ELSE expires_at END,
     list_key = CASE WHEN %(finished)s THEN %(finished_prefix)s || substr(list_key, 2)
-               ELSE list_key END
+               ELSE list_key END,
+    change_xid = CASE WHEN %(visible)s THEN pg_current_xact_id()::text::bigint ELSE change_xid END
 WHERE id = %(id)s;
 
 -- name: claim_items.any_runnable
@@ -625,3 +628,37 @@ SELECT current_setting('fsync'), current_setting('synchronous_commit');
 -- Where the server runs with synchronous_commit = off, a transaction whose success is
 -- answered to a client still waits for its WAL to be flushed (any user may set this).
 SET LOCAL synchronous_commit = on;
+
+-- name: changes.notify
+-- Differs by necessity from SQLite, which has no notifications: after a transaction that
+-- changed jobs commits, wakes the watchers of every API node (and idle workers). Sent on its
+-- own, after the commit, rather than inside the changing transaction: a transaction that
+-- notifies holds a cluster-wide lock while it commits, and finishes are frequent.
+SELECT pg_notify('joblot_changes', '');
+
+-- name: changes.current
+-- The position of a reader that wants only what changes from now on: the snapshot of now.
+SELECT pg_current_snapshot()::text;
+
+-- name: changes.since
+-- What the watcher of an API process asks once per tick for all its waiters: the jobs whose
+-- last change the snapshot it read at last did not see (transactions that were still running
+-- then, `running`, or began after, from its `xmax` on), with the snapshot this query reads
+-- at, the next position. Two index probes of jobs_changes, usually finding nothing.
+SELECT now.snapshot::text, j.id, j.tenant, j.version
+FROM (SELECT pg_current_snapshot() AS snapshot) AS now
+LEFT JOIN jobs j ON j.change_xid >= %(xmax)s OR j.change_xid = ANY(%(running)s::bigint[]);
+
+-- name: tenant_changes.select
+-- A tenant's jobs whose last change the snapshot `xmax`, `running` did not see (as in
+-- changes.since), as its event stream sends them (results are never inline there), each in
+-- its latest state, with the snapshot read at; one row of NULLs but the snapshot when none
+-- changed. As many as changed: at most the tenant's jobs still kept (retention).
+SELECT j.id, j.job_type, j.status, j.total, j.progress, j.message, j.version, j.list_key,
+       j.failures, j.created_at, j.started_at, j.updated_at, j.finished_at, now.snapshot::text
+FROM (SELECT pg_current_snapshot() AS snapshot) AS now
+LEFT JOIN jobs j
+  ON j.tenant = %(tenant)s
+  AND (j.change_xid >= %(xmax)s OR j.change_xid = ANY(%(running)s::bigint[]))
+  AND (j.expires_at IS NULL OR j.expires_at > %(now)s)
+ORDER BY j.change_xid;

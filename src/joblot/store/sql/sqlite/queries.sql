@@ -25,10 +25,10 @@ WHERE tenant = :tenant AND idempotency_key = :key;
 -- name: submit_job.insert_job
 INSERT INTO jobs (id, tenant, job_type, action, status, total, pending, max_failures,
                   idempotency_key, request_hash, created_at, updated_at, list_key, callback_url,
-                  public_url, message)
+                  public_url, message, change_seq)
 VALUES (:id, :tenant, :job_type, :action, 'queued', :total, :total, :max_failures,
         :idempotency_key, :request_hash, :created_at, :created_at, :list_key, :callback_url,
-        :public_url, :message);
+        :public_url, :message, (SELECT seq FROM job_changes));
 
 -- name: submit_job.insert_item
 INSERT INTO items (job_id, idx, payload) VALUES (?, ?, ?);
@@ -157,6 +157,7 @@ SELECT status, total, progress, failures, pending, message, message_set, max_fai
 FROM jobs WHERE id = :id AND tenant = :tenant AND (expires_at IS NULL OR expires_at > :now);
 
 -- name: job_state.save
+-- A visible change takes the change number `changes.next` just handed out.
 -- Writes back what the rules decided; a visible change is stamped in `updated_at`, the first
 -- claim in `started_at` (and a claim sets when the job's next turn comes, `claimed_at`), and a job that just finished gets its finish time, its purge time
 -- and its place among finished jobs in the listing order.
@@ -169,7 +170,8 @@ UPDATE jobs SET
     updated_at = CASE WHEN :visible THEN :now ELSE updated_at END,
     finished_at = CASE WHEN :finished THEN :now ELSE finished_at END,
     expires_at = CASE WHEN :finished THEN :now + :retention ELSE expires_at END,
-    list_key = CASE WHEN :finished THEN :finished_prefix || substr(list_key, 2) ELSE list_key END
+    list_key = CASE WHEN :finished THEN :finished_prefix || substr(list_key, 2) ELSE list_key END,
+    change_seq = CASE WHEN :visible THEN (SELECT seq FROM job_changes) ELSE change_seq END
 WHERE id = :id;
 
 -- name: claim_items.pick_job
@@ -493,3 +495,32 @@ SELECT secret, previous, rotated_at FROM webhook_secrets WHERE tenant = :tenant;
 SELECT callback_url, public_url FROM jobs
 WHERE id = :id AND tenant = :tenant AND callback_url IS NOT NULL
   AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: changes.next
+-- Differs by necessity from PostgreSQL, which stamps changes with their transaction id: the
+-- next change number, taken inside the write transaction of a visible change or an insert
+-- (`submit_job.insert_job`, `job_state.save` read it). The single writer makes the numbers
+-- commit in order.
+UPDATE job_changes SET seq = seq + 1;
+
+-- name: changes.current
+-- The position of a reader that wants only what changes from now on.
+SELECT seq FROM job_changes;
+
+-- name: changes.since
+-- What the watcher of an API process asks once per tick for all its waiters: the jobs that
+-- changed after position `since` (a range scan of jobs_changes; usually empty).
+SELECT id, tenant, version, change_seq FROM jobs
+WHERE change_seq > :since
+ORDER BY change_seq;
+
+-- name: tenant_changes.select
+-- A tenant's jobs that changed after `since`, as its event stream sends them (results are
+-- never inline there), each in its latest state, oldest change first. As many as changed:
+-- at most the tenant's jobs still kept (retention).
+SELECT id, job_type, status, total, progress, message, version, list_key,
+       failures, created_at, started_at, updated_at, finished_at, change_seq
+FROM jobs
+WHERE tenant = :tenant AND change_seq > :since
+  AND (expires_at IS NULL OR expires_at > :now)
+ORDER BY change_seq;
