@@ -350,6 +350,7 @@ class Service:
             lease_seconds=self.settings.lease_seconds,
             limits=limits,
             paces=paces,
+            max_attempts=self.settings.max_attempts,
         )
         if claim is not None and claim.started:
             job_event(

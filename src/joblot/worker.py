@@ -63,6 +63,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._unavailable = False  # the last claim found the database unreachable
         self._batch_done = asyncio.Event()  # a batch ended: there may be room for a claim
+        self._batch_ended = asyncio.Event()  # the same, for an item waiting to run alone
         self.replace = False  # it stopped itself to be replaced: a handler got stuck
         self.stuck = 0  # handler threads and tasks given up on, still running
 
@@ -142,13 +143,38 @@ class Worker:
         so would their job, while another worker could have run them."""
         while self._claims and not self._stopping.is_set():
             self._batch_done.clear()
-            if self._free_slots() > 0 or all(
+            if any(self._alone(claim) for claim in self._claims.values()):
+                pass  # an item on its last attempt runs with nothing beside it
+            elif self._free_slots() > 0 or all(
                 self._pacer.quick(claim.job_type, len(claim.items))
                 for claim in self._claims.values()
             ):
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._batch_done.wait(), FLUSH_SECONDS)
+
+    def _alone(self, claim: Claim) -> bool:
+        """Whether the claim is an item on its last attempt (the store leases those alone):
+        it runs with nothing else in this process, so that if it kills the process again, it
+        alone fails with WorkerLost."""
+        last = max(2, self.settings.max_attempts)
+        return len(claim.items) == 1 and claim.items[0].attempt >= last
+
+    async def _clear_the_way(self, claim: Claim) -> None:
+        """Before an item on its last attempt starts, let the other batches end."""
+        log.info(
+            "job %s item %d is on its last attempt (its worker vanished %d times): running it "
+            "alone",
+            claim.job_id,
+            claim.items[0].index,
+            claim.items[0].attempt - 1,
+            extra={"job_id": claim.job_id, "job_type": claim.job_type, "tenant": claim.tenant},
+        )
+        while True:
+            self._batch_ended.clear()
+            if all(lease_id == claim.lease_id for lease_id in self._claims):
+                return
+            await self._batch_ended.wait()
 
     def _free_slots(self) -> int:
         """Items this worker could start now beside those it holds (running or to start)."""
@@ -227,6 +253,7 @@ class Worker:
             self._batches.pop(claim.lease_id, None)
             self._claims.pop(claim.lease_id, None)
             self._batch_done.set()
+            self._batch_ended.set()
 
     async def _run_claim(self, claim: Claim) -> None:
         job_type = self.app.get(claim.job_type)
@@ -234,7 +261,9 @@ class Worker:
         timeout = job_type.timeout or self.settings.item_timeout_seconds
         batch = Batch(claim, job_type, timeout)
         batch.stopped = claim.job_id in self._stopped_jobs
-        self._batches[claim.lease_id] = batch
+        self._batches[claim.lease_id] = batch  # from here on its lease is renewed
+        if self._alone(claim):
+            await self._clear_the_way(claim)
         try:
             await self._drive(batch, self._start_runners(batch))
         finally:

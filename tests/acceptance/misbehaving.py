@@ -6,6 +6,7 @@ Each item says how its handler misbehaves, so that one job can hold innocent ite
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -57,3 +58,13 @@ async def hang_async_on_request(item: dict[str, Any], ctx: Context) -> dict[str,
 def hang_with_the_default_timeout(item: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """Hang or sleep as the item says, with the server's (long) default timeout."""
     return _hang_or_sleep(item)
+
+
+@app.job_type("test.exit")
+def exit_on_request(item: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Kill the whole worker process at once if the item says `exit` (as a crash in native
+    code would); else sleep `seconds`."""
+    if item.get("exit"):
+        os._exit(70)
+    time.sleep(item.get("seconds", 0))
+    return {}

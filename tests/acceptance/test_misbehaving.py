@@ -93,3 +93,19 @@ def test_a_hung_handler_fails_as_timeout_and_sigterm_leaves_no_process(
     assert count_rows(db_url, "leases", hung["id"]) == 0
     assert count_rows(db_url, "items", hung["id"], "state = 'leased'") == 0
     assert count_rows(db_url, "items", hung["id"]) == 1  # back in the queue, not lost
+
+
+def test_only_the_item_that_kills_its_worker_fails_with_worker_lost(
+    db_url: str, start_server: Any
+) -> None:
+    server = start_server(workers=1, db=db_url, JOBLOT_APP=MISBEHAVING_APP)
+    items: list[dict[str, Any]] = [{"id": i, "seconds": 0.01} for i in range(200)]
+    items[50] = {"id": 50, "exit": True}
+    job = server.submit("test.exit", items)
+    final = server.wait(job["id"], timeout=120)
+    assert (final["status"], final["progress"]) == ("completed", 200)
+    failed = [e for e in final["results"] if not e["success"]]
+    assert [(e["index"], e["error"]) for e in failed] == [(50, "WorkerLost")]
+    assert "3 times" in failed[0]["details"]
+    log = server.log.read_text()
+    assert f"job {job['id']} item 50 is on its last attempt" in log

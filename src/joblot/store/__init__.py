@@ -393,10 +393,12 @@ class Store(Protocol):
         lease_seconds: float,
         limits: TypeLimits = NO_LIMITS,
         paces: Mapping[str, Pace] | None = None,
+        max_attempts: int | None = None,
     ) -> Claim | None:
         """Lease items of the runnable job whose turn it is, within its type's `limits`: as
         many as its type's pace allows (`limit` for a type without one); the jobs of a type
-        held back say so in their message."""
+        held back say so in their message. An item whose worker vanished `max_attempts - 1`
+        times is claimed alone (None: no limit)."""
 
     async def finish_items(
         self,

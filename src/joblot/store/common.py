@@ -43,6 +43,12 @@ K = TypeVar("K")
 NO_ATTEMPT_LIMIT = 1 << 30
 
 
+def last_attempt(max_attempts: int | None) -> int:
+    """The `attempts` of an item on its last attempt, which a claim leases alone (the `last`
+    of claim_items.lease_items and .last_attempt); with no limit given, none is."""
+    return NO_ATTEMPT_LIMIT if max_attempts is None else max(1, max_attempts - 1)
+
+
 class Refused(Exception):
     """Rolls back a transaction whose lease is no longer held as it must be."""
 

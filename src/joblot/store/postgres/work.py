@@ -26,6 +26,7 @@ from joblot.store.common import (
     Refused,
     allowance,
     claim_size,
+    last_attempt,
     needs_throttle_message,
     next_turn,
     total_params,
@@ -51,9 +52,11 @@ async def claim_items(
     lease_seconds: float,
     limits: TypeLimits = NO_LIMITS,
     paces: Mapping[str, Pace] | None = None,
+    max_attempts: int | None = None,
 ) -> Claim | None:
     """Lease items of the runnable job whose turn it is and whose type's limits leave room:
-    as many as its type's pace allows (`limit` for a type without one).
+    as many as its type's pace allows (`limit` for a type without one), or its first item on
+    its last attempt alone.
 
     The job is picked without a lock and its items are leased with SKIP LOCKED, so claims of
     one job by many workers run side by side; the job row is locked last, only to count the
@@ -73,13 +76,20 @@ async def claim_items(
                 await _throttle(conn, job_id, text, now)
             if choice.job is None:
                 return None
-            return await _lease(conn, worker_id, choice, now=now, lease_seconds=lease_seconds)
+            return await _lease(
+                conn,
+                worker_id,
+                choice,
+                now=now,
+                lease_seconds=lease_seconds,
+                last=last_attempt(max_attempts),
+            )
     except Refused:  # another worker took the items, or the job stopped: try again
         return None
 
 
 async def _lease(
-    conn: Conn, worker_id: str, choice: Choice, *, now: float, lease_seconds: float
+    conn: Conn, worker_id: str, choice: Choice, *, now: float, lease_seconds: float, last: int
 ) -> Claim:
     assert choice.job is not None
     job_id, job_type, tenant = choice.job
@@ -94,8 +104,10 @@ async def _lease(
         },
     )
     assert lease is not None
-    params = {"job_id": job_id, "lease_id": lease[0], "limit": choice.size}
-    rows = await fetch_all(conn, "claim_items.lease_items", params)
+    params = {"job_id": job_id, "lease_id": lease[0], "limit": choice.size, "last": last}
+    rows = await fetch_all(conn, "claim_items.last_attempt", params)
+    if not rows:
+        rows = await fetch_all(conn, "claim_items.lease_items", params)
     await _count_start(conn, choice, len(rows), now)
     state = await lock_state(conn, job_id)
     if not rows or state is None or state.status.finished:

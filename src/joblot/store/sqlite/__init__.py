@@ -266,6 +266,7 @@ class SQLiteStore:
         lease_seconds: float,
         limits: TypeLimits = NO_LIMITS,
         paces: Mapping[str, Pace] | None = None,
+        max_attempts: int | None = None,
     ) -> Claim | None:
         """Lease a batch of the runnable job whose turn it is and whose type's limits leave
         room, sized by its type's pace."""
@@ -278,6 +279,7 @@ class SQLiteStore:
             lease_seconds=lease_seconds,
             limits=limits,
             paces=paces,
+            max_attempts=max_attempts,
         )
 
     async def finish_items(

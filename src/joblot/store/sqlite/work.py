@@ -26,6 +26,7 @@ from joblot.store.common import (
     Refused,
     allowance,
     claim_size,
+    last_attempt,
     needs_throttle_message,
     next_turn,
     worker_lost,
@@ -52,9 +53,11 @@ def claim_items(
     lease_seconds: float,
     limits: TypeLimits = NO_LIMITS,
     paces: Mapping[str, Pace] | None = None,
+    max_attempts: int | None = None,
 ) -> Claim | None:
     """Lease items of the runnable job whose turn it is and whose type's limits leave room:
-    as many as its type's pace allows (`limit` for a type without one)."""
+    as many as its type's pace allows (`limit` for a type without one), or its first item on
+    its last attempt alone."""
     # A cheap read first: an idle worker polling an idle database (or one whose only jobs
     # wait on a limit, and already say so) takes no write lock.
     choice = _choose(conn, job_types, limit=limit, now=now, limits=limits, paces=paces)
@@ -75,11 +78,15 @@ def claim_items(
         }
         lease_id = conn.execute(SQL["claim_items.insert_lease"], lease).lastrowid
         assert lease_id is not None
-        rows = fetch_all(
-            conn,
-            "claim_items.lease_items",
-            {"job_id": job_id, "lease_id": lease_id, "limit": choice.size},
-        )
+        params = {
+            "job_id": job_id,
+            "lease_id": lease_id,
+            "limit": choice.size,
+            "last": last_attempt(max_attempts),
+        }
+        rows = fetch_all(conn, "claim_items.last_attempt", params)
+        if not rows:
+            rows = fetch_all(conn, "claim_items.lease_items", params)
         _count_start(conn, choice, len(rows), now)
         old = lock_state(conn, job_id)
         assert old is not None  # picked in this very transaction

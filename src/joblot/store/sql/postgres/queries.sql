@@ -292,11 +292,26 @@ SELECT pg_try_advisory_xact_lock(1785684591, hashtext(%(job_type)s));
 -- Differs by necessity from SQLite: pending items are taken with SKIP LOCKED in index order,
 -- so a claim never waits on rows another transaction holds. The locked rows are then
 -- addressed by ctid (stable while locked): a join back on (job_id, idx) lets the planner,
--- which has no statistics for a new job's id, pick a nested loop over the whole job.
+-- which has no statistics for a new job's id, pick a nested loop over the whole job. Items on
+-- their last attempt are left to claim_items.last_attempt.
 WITH picked AS (
     SELECT ctid FROM items
-    WHERE job_id = %(job_id)s AND state = 'pending'
+    WHERE job_id = %(job_id)s AND state = 'pending' AND attempts < %(last)s
     ORDER BY idx LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE items SET state = 'leased', lease_id = %(lease_id)s, attempts = items.attempts + 1
+WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked))
+RETURNING items.idx, items.payload, items.attempts;
+
+-- name: claim_items.last_attempt
+-- An item on its last attempt (its worker vanished `max_attempts - 1` times) is leased alone,
+-- so that if it kills its worker again it fails alone. items_lost holds only items that lost a
+-- worker before, which are few. Differs by necessity from SQLite as lease_items does.
+WITH picked AS (
+    SELECT ctid FROM items
+    WHERE job_id = %(job_id)s AND state = 'pending' AND attempts > 0 AND attempts >= %(last)s
+    ORDER BY idx LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE items SET state = 'leased', lease_id = %(lease_id)s, attempts = items.attempts + 1

@@ -211,12 +211,26 @@ DELETE FROM job_type_starts WHERE job_type = :job_type AND at <= :since;
 SELECT status, message, message_set FROM jobs WHERE id = :id;
 
 
+-- name: claim_items.last_attempt
+-- An item on its last attempt (its worker vanished `max_attempts - 1` times) is leased alone,
+-- so that if it kills its worker again it fails alone. items_lost holds only items that lost a
+-- worker before, which are few. Differs by necessity from PostgreSQL as lease_items does.
+UPDATE items SET state = 'leased', lease_id = :lease_id, attempts = attempts + 1
+WHERE job_id = :job_id AND idx = (
+    SELECT idx FROM items
+    WHERE job_id = :job_id AND state = 'pending' AND attempts > 0 AND attempts >= :last
+    ORDER BY idx LIMIT 1
+)
+RETURNING idx, payload, attempts;
+
 -- name: claim_items.lease_items
 -- Differs by necessity from PostgreSQL: SQLite has one writer at a time, so the
--- transaction itself is the lock and no SKIP LOCKED is needed.
+-- transaction itself is the lock and no SKIP LOCKED is needed. Items on their last attempt
+-- are left to claim_items.last_attempt.
 UPDATE items SET state = 'leased', lease_id = :lease_id, attempts = attempts + 1
 WHERE job_id = :job_id AND state = 'pending' AND idx IN (
-    SELECT idx FROM items WHERE job_id = :job_id AND state = 'pending' ORDER BY idx LIMIT :limit
+    SELECT idx FROM items WHERE job_id = :job_id AND state = 'pending' AND attempts < :last
+    ORDER BY idx LIMIT :limit
 )
 RETURNING idx, payload, attempts;
 
