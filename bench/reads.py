@@ -101,22 +101,30 @@ def run_wrk(
 
 @dataclass(frozen=True)
 class Job:
-    """The finished job read: its path, its body and ETag, the headers every read sends."""
+    """A job read: its path, its body and ETag, the headers every read sends."""
 
     path: str
     body: bytes
     etag: str
     headers: dict[str, str]
 
+    @property
+    def conditional(self) -> dict[str, str]:
+        """The headers of a read that gets a 304."""
+        return {**self.headers, "If-None-Match": self.etag}
 
-def finished_job(client: httpx.Client, token: str, timeout: float) -> Job:
-    """Submit a 20-item job and wait until it completed; its 200 body and ETag, checked."""
-    headers = {"Authorization": f"Bearer {token}"}
-    client.headers.update(headers)
-    job_id = submit(client, job_body(20))["id"]
+
+def finish_job(client: httpx.Client, headers: dict[str, str], timeout: float) -> str:
+    """Submit a 20-item job and wait until it completed with its results inline; its id."""
+    job_id: str = submit(client, job_body(20))["id"]
     final = wait_finished(client, job_id, "tight", timeout)
     if len(final["results"] or []) != 20:
         raise BenchError("the 20-item job does not carry its 20 results inline")
+    return job_id
+
+
+def read_job(client: httpx.Client, job_id: str, headers: dict[str, str]) -> Job:
+    """The job's 200 body and ETag, checked to give a 304 when sent back."""
     path = f"{API}/job_statuses/{job_id}.json"
     got = client.get(path)
     tag = got.headers.get("etag", "")
@@ -177,26 +185,36 @@ class Target:
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> list[list[Load]]:
-    """Every server up at once, then `--rounds` rounds of wrk against each target in turn
-    (so that a change in the machine's load hits every target alike)."""
+    """The job finished by a server with workers; then a server without workers (an API
+    node: no worker processes share the cores) and the hellos, all up at once, and
+    `--rounds` rounds of wrk against each target in turn (so that a change in the machine's
+    load hits every target alike)."""
     env = {"JOBLOT_RATE_LIMIT_PER_MINUTE": "1000000000"}  # measure reads, not the limiter
     with ExitStack() as stack:
         db_url = stack.enter_context(database(args.db, tmp, "reads.db"))
-        token = create_token(db_url, "bench")  # before the server starts, as in production
-        server, client = stack.enter_context(
-            running_server(db_url, args.workers, tmp / "serve.log", env)
-        )
-        job = finished_job(client, token, args.timeout)
+        token = create_token(db_url, "bench")  # before the servers start, as in production
+        headers = {"Authorization": f"Bearer {token}"}
+        with running_server(db_url, args.workers, tmp / "work.log", env) as (_, client):
+            client.headers.update(headers)
+            finished = finish_job(client, headers, args.timeout)
+        server, client = stack.enter_context(running_server(db_url, 0, tmp / "serve.log", env))
+        client.headers.update(headers)
+        job = read_job(client, finished, headers)
+        queued = read_job(client, submit(client, job_body(20))["id"], headers)
         hello = stack.enter_context(hello_server(job.body, tmp, access_log=True))
         quiet = stack.enter_context(hello_server(job.body, tmp, access_log=False))
-        joblot, pid = server.url + job.path, server.proc.pid
-        conditional = {**job.headers, "If-None-Match": job.etag}
+        pid = server.proc.pid
         targets = [
-            Target(HELLO, hello[0] + job.path, job.headers, hello[1]),
-            Target(QUIET_HELLO, quiet[0] + job.path, job.headers, quiet[1]),
-            Target("joblot 200", joblot, job.headers, pid),
-            Target("joblot 304", joblot, conditional, pid),
+            Target(HELLO, hello[0] + job.path, headers, hello[1]),
+            Target(QUIET_HELLO, quiet[0] + job.path, headers, quiet[1]),
+            Target("joblot 200", server.url + job.path, headers, pid),
+            Target("joblot 304", server.url + job.path, job.conditional, pid),
         ]
+        if not args.skip_queued:
+            targets += [
+                Target("queued job 200", server.url + queued.path, headers, pid),
+                Target("queued job 304", server.url + queued.path, queued.conditional, pid),
+            ]
         rounds = []
         for n in range(args.rounds):
             print(f"round {n + 1} of {args.rounds}", file=sys.stderr)
@@ -253,7 +271,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="wrk's keep-alive connections")
     p.add_argument("--threads", type=int, default=1, help="wrk's threads")
     p.add_argument("--rounds", type=int, default=1, help="rounds over every target (medians)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes of joblot serve")
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes that run the job to read"
+    )
+    p.add_argument(
+        "--skip-queued", action="store_true", help="no reads of a queued job (from the database)"
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds the 20-item job may take")
     return p.parse_args()
 
