@@ -97,3 +97,35 @@ async def test_what_a_dead_submit_loaded_is_deleted_once_its_time_is_up(
         assert await store.get_job("", job.id, T0, INLINE) is None
     finally:
         await store.close()
+
+
+async def test_a_status_read_never_holds_the_event_loop_while_the_file_is_locked(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "joblot.db")
+    store = SQLiteStore(path)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        await store.migrate()
+        row, _ = await store.submit_job(new_job(2, tenant="acme"))
+        await store.close()  # every connection gone: the next one finds the file as it is
+        holder.execute("PRAGMA journal_mode = DELETE")
+        holder.execute("BEGIN EXCLUSIVE")  # a writer of a file not in WAL mode: readers wait
+        store = SQLiteStore(path)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        threading.Timer(0.3, holder.execute, ["COMMIT"]).start()
+        version = await store.job_version("acme", row.id, T0)
+        ticker.cancel()
+        assert version == row.version
+        assert ticks >= 10  # the loop went on while the read waited on a reader thread
+    finally:
+        holder.close()
+        await store.close()

@@ -130,7 +130,7 @@ class SQLiteStore:
 
     async def get_job(self, tenant: str, job_id: str, now: float, inline: int) -> JobRow | None:
         """One primary-key lookup, plus a bounded range scan for inline results."""
-        return await self._db.read(clients.get_job, tenant, job_id, now, inline)
+        return await self._db.read_here(clients.get_job, tenant, job_id, now, inline)
 
     async def get_jobs(
         self, tenant: str, job_ids: list[str], now: float, inline: int
@@ -214,7 +214,7 @@ class SQLiteStore:
 
     async def job_version(self, tenant: str, job_id: str, now: float) -> int | None:
         """The job's change counter, for ETags and long polls."""
-        return await self._db.read(clients.job_version, tenant, job_id, now)
+        return await self._db.read_here(clients.job_version, tenant, job_id, now)
 
     async def job_expiry(self, tenant: str, job_id: str, now: float) -> float | None:
         """When the job expires (None: unfinished, or no such job)."""

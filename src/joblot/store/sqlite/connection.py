@@ -250,6 +250,7 @@ class Database:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="joblot-sqlite-writer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="joblot-sqlite-reader")
         self._scanner = ThreadPoolExecutor(1, thread_name_prefix="joblot-sqlite-scan")
+        self._here: Conn | None = None  # the event loop's own, for `read_here`
 
     def _conn(self, cache_kib: int = CACHE_KIB) -> Conn:
         conn: Conn | None = getattr(self._local, "conn", None)
@@ -287,6 +288,33 @@ class Database:
     async def read(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """`fn(conn, *args, **kwargs)` on a reader thread."""
         return await self._call(self._readers, fn, *args, **kwargs)
+
+    async def read_here(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """`fn(conn, *args, **kwargs)` right here on the event loop, for reads of a few rows
+        by key (a status, a version): the hop to a reader thread and back costs several times
+        such a query. It never waits for the file: readers of a WAL file do not wait for
+        writers, and in the rare moments a reader must (another connection is recovering the
+        WAL index), the read goes to a reader thread instead."""
+        try:
+            return fn(self._here_conn(), *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if not _TRANSIENT.search(str(exc)):
+                raise
+        return await self.read(fn, *args, **kwargs)
+
+    def _here_conn(self) -> Conn:
+        """The event loop's connection: it never waits for a lock (busy timeout 0), and
+        sets no journal mode (the file is in WAL mode since the first connection)."""
+        if self._here is None:
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, timeout=0, check_same_thread=False
+            )
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            with self._lock:
+                self._connections.append(conn)
+            self._here = conn
+        return self._here
 
     async def scan(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """`fn(conn, *args, **kwargs)` on the thread of long, one-pass reads (exports), whose
