@@ -255,7 +255,13 @@ class Routes:
             return status_body(row, base)
 
         stream = status_events(
-            self.service, self.watcher, tenant, job_id, last_seen=last_seen, render=render
+            self.service,
+            self.watcher,
+            tenant,
+            job_id,
+            last_seen=last_seen,
+            render=render,
+            keepalive=self.service.settings.keepalive_seconds,
         )
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return self.stream(request, stream, headers)
@@ -271,7 +277,12 @@ class Routes:
             return status_body(row, base)
 
         stream = tenant_events(
-            self.service, self.watcher, tenant_of(request), position=position, render=render
+            self.service,
+            self.watcher,
+            tenant_of(request),
+            position=position,
+            render=render,
+            keepalive=self.service.settings.keepalive_seconds,
         )
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return self.stream(request, stream, headers)

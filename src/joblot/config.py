@@ -44,6 +44,7 @@ class Settings:
     max_active_jobs: int = 30  # queued or working jobs a tenant may have (Zendesk's limit)
     rate_limit_per_minute: int = 700  # requests a token may make, per API process
     max_streams_per_token: int = 100  # streams and long polls a token may hold, per API process
+    keepalive_seconds: float = 15.0  # a quiet event stream sends a comment line this often
     insecure: bool = False  # allow serving without tokens on a non-loopback address
     pool_size: int = 10  # PostgreSQL connections per process, at most
     sqlite_sync: str = "group"  # how SQLite syncs acknowledged writes: group|transaction|database
@@ -75,6 +76,7 @@ class Settings:
             "max_active_jobs",
             "rate_limit_per_minute",
             "max_streams_per_token",
+            "keepalive_seconds",
             "pool_size",
             "webhook_timeout_seconds",
             "webhook_max_attempts",

@@ -15,9 +15,8 @@ from joblot.service import Service
 from joblot.store import Changes, JobRow
 from joblot.watcher import Watcher
 
-KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing the stream
 RETRY_MILLIS = 1000  # how soon an EventSource reconnects (with Last-Event-ID) if cut off
-KEEPALIVE = b": keep-alive\n\n"
+KEEPALIVE = b": keep-alive\n\n"  # sent when quiet (`keepalive_seconds`), so proxies keep it open
 
 Render = Callable[[JobRow], dict[str, Any]]
 
@@ -44,6 +43,7 @@ async def status_events(
     *,
     last_seen: int | None,
     render: Render,
+    keepalive: float,
 ) -> AsyncIterator[bytes]:
     """The current status (unless `last_seen` is its version), then each change, ending
     after the finished status; the event id is the status version, as in the ETag. A database
@@ -64,7 +64,7 @@ async def status_events(
                     sent = row.version
                 if row.status.finished:
                     return
-            if not await ticket.wait(KEEPALIVE_SECONDS):
+            if not await ticket.wait(keepalive):
                 yield KEEPALIVE
                 continue
             known = ticket.version
@@ -77,6 +77,7 @@ async def tenant_events(
     *,
     position: str | None,
     render: Render,
+    keepalive: float,
 ) -> AsyncIterator[bytes]:
     """Each change of any of the tenant's jobs (new ones included) as it comes, from
     `position` on (a Last-Event-ID) or from now; never ends on its own. Each job comes in its
@@ -108,8 +109,8 @@ async def tenant_events(
                         quiet_since = time.monotonic()
                     position = changes.position
             quiet = time.monotonic() - quiet_since
-            timeout = RETRY_MILLIS / 1000 if changes is None else KEEPALIVE_SECONDS - quiet
+            timeout = RETRY_MILLIS / 1000 if changes is None else keepalive - quiet
             look = await ticket.wait(timeout) or changes is None
-            if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+            if time.monotonic() - quiet_since >= keepalive:
                 yield KEEPALIVE
                 quiet_since = time.monotonic()

@@ -273,6 +273,29 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/api/v2/job_statuses/events": {
+            "get": {
+                "operationId": "tenant_events",
+                "summary": "Every change of the tenant's jobs as Server-Sent Events",
+                "description": 'One `job_status` event (`{"job_status": {...}, '
+                '"job_stats": {...}}`, `results` always null) each time any of the '
+                "tenant's jobs changes, new jobs included; never ends on its own, and a "
+                "comment line keeps a quiet stream open. A job comes in its latest state: "
+                "changes of one job close together may be one event. The id of the last event "
+                "of each batch (and of a first `id:` line) is an opaque position: send it back "
+                "as `Last-Event-ID` to get everything that changed since, nothing missed.",
+                "parameters": [
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(503),
+                },
+            }
+        },
         "/api/v2/job_statuses/{id}": {
             "get": {
                 "operationId": "show_job",
@@ -405,6 +428,33 @@ def _paths() -> dict[str, Any]:
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
                     **_errors(404, 503),
+                },
+            }
+        },
+        **_probes(),
+    }
+
+
+def _probes() -> dict[str, Any]:
+    """`/livez` and `/readyz`: no token needed."""
+    ok = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+    return {
+        "/livez": {
+            "get": {
+                "operationId": "livez",
+                "summary": "The process answers (the database is not asked)",
+                "security": [],
+                "responses": {"200": _json(ok, "Alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "The database answers and its schema is current",
+                "security": [],
+                "responses": {
+                    "200": _json(ok, "Ready"),
+                    "503": _json(_ref("Error"), "Not ready; retry after Retry-After seconds"),
                 },
             }
         },

@@ -49,7 +49,9 @@ def origin(scope: Scope) -> Hashable:
     """What a status's `url` depends on besides the job, when no public URL is configured:
     the request's scheme, Host header (or server address) and root path."""
     host = next((v for k, v in scope["headers"] if k == b"host"), None)
-    return (scope.get("scheme"), host, scope.get("server"), scope.get("root_path", ""))
+    server = scope.get("server")  # a list under some servers (and httpx's ASGITransport)
+    where = tuple(server) if server is not None else None
+    return (scope.get("scheme"), host, where, scope.get("root_path", ""))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from playwright.sync_api import (
 
 from integration.receiver import Receiver, Reply
 
-from .conftest import run_cli
+from .conftest import JOBLOT, run_cli
 
 CHROMIUM = os.environ.get("JOBLOT_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -333,4 +335,33 @@ def test_the_job_page_filters_failures_exports_them_and_retries_them(
     expect(page.locator(f'section[data-job-id="{retried}"] progress')).to_have_attribute("max", "3")
     final = server.wait(retried)
     assert [e["id"] for e in final["results"]] == [7, 70, 111]
+    assert visitor.errors == []
+
+
+def test_the_list_follows_the_tenant_stream_a_new_job_appears_and_fills_up_without_reload(
+    start_server: Any, visit: Callable[..., Visitor], joblot_env: dict[str, str], tmp_path: Path
+) -> None:
+    server = start_server(workers=0)
+    visitor = visit(server)
+    page = visitor.open()
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
+    job = server.submit("demo.sleep", [{"id": i, "seconds": 0.2} for i in range(5)])
+    row = visitor.row(job["id"])
+    expect(row).to_contain_text("queued")  # appeared without a reload
+    with (tmp_path / "worker.log").open("ab") as out:
+        worker = subprocess.Popen(
+            [JOBLOT, "worker", "--db", server.db],
+            env=joblot_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        expect(row.locator("progress")).to_have_attribute("value", "5")
+        expect(row).to_contain_text("completed")
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+    assert page.evaluate("window.sameDocument === true")
     assert visitor.errors == []

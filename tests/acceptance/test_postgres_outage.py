@@ -1,5 +1,5 @@
-"""With PostgreSQL gone, the API answers 503 with Retry-After within a second, and 200 again
-within a second of its return."""
+"""With PostgreSQL gone, the API answers 503 with Retry-After within a second (`/readyz` too,
+while `/livez` stays 200), and 200 again within a second of its return."""
 
 from __future__ import annotations
 
@@ -52,6 +52,10 @@ def test_requests_answer_503_at_once_while_postgresql_is_down_and_200_once_it_is
         assert seconds < ANSWER_SECONDS, [round(s, 3) for _, s, _ in answers]
     health = server.http.get("/healthz")
     assert health.status_code == 503 and health.json()["error"] == "ServiceUnavailable"
+    code, seconds, ready = timed_get(server, "/readyz")
+    assert code == 503 and ready.json()["error"] == "ServiceUnavailable", ready.text
+    assert ready.headers["Retry-After"].isdigit() and seconds < ANSWER_SECONDS
+    assert server.http.get("/livez").json() == {"status": "ok"}, "alive all the same"
 
     cluster.start()
     back = cluster.wait_accepting(60)
@@ -62,6 +66,8 @@ def test_requests_answer_503_at_once_while_postgresql_is_down_and_200_once_it_is
         assert code == 503, response.text
         assert time.monotonic() - back < ANSWER_SECONDS, "still 503 a second after its return"
         time.sleep(0.02)
+    ready = server.http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ok", ready.text
     after = server.submit("demo.echo", [{"id": 2}])
     assert server.wait(after["id"])["status"] == "completed"  # the worker is back too
     log = server.log.read_text()

@@ -211,6 +211,7 @@ async def test_openapi_describes_every_endpoint(tmp_path: Path) -> None:
             "/api/v2/jobs",
             "/api/v2/job_statuses",
             "/api/v2/job_statuses/show_many",
+            "/api/v2/job_statuses/events",
             "/api/v2/job_statuses/{id}",
             "/api/v2/job_statuses/{id}/results",
             "/api/v2/job_statuses/{id}/results/export",
@@ -219,6 +220,8 @@ async def test_openapi_describes_every_endpoint(tmp_path: Path) -> None:
             "/api/v2/job_statuses/{id}/events",
             "/api/v2/job_statuses/{id}/deliveries",
             "/api/v2/job_statuses/{id}/deliveries/redeliver",
+            "/livez",
+            "/readyz",
         }
         assert doc["components"]["schemas"]["JobStatus"]["required"] == KEYS
 

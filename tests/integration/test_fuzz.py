@@ -208,9 +208,14 @@ def _vary(case: Case[Any], turn: int) -> dict[str, str]:
     return {"Authorization": f"Bearer {TARGET.token}"}
 
 
-# The event stream stays open while its job runs, and fuzzed jobs may run long: it is
-# tested on its own (tests/integration/test_events.py), not fuzzed.
-@schema.exclude(path="/api/v2/job_statuses/{id}/events").parametrize()
+# The event stream stays open while its job runs, and fuzzed jobs may run long; the tenant's
+# never ends: they are tested on their own (tests/integration/test_events.py,
+# tests/acceptance/test_tenant_stream.py), not fuzzed.
+@(
+    schema.exclude(path="/api/v2/job_statuses/{id}/events")
+    .exclude(path="/api/v2/job_statuses/events")
+    .parametrize()
+)
 @settings(
     max_examples=EXAMPLES_PER_OPERATION,
     derandomize=True,
