@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,9 @@ from joblot.errors import ConfigError
 from joblot.models import MAX_JOB_TYPE_LENGTH, Limit, parse_rate
 
 Handler = Callable[[dict[str, Any], "Context"], Any]
+
+DEFAULT_BACKOFF_SECONDS = 1.0  # before the first retry of an item, when a type sets none
+MAX_BACKOFF_SECONDS = 3600.0  # the longest an item waits for a retry
 
 
 class ItemFailed(Exception):
@@ -63,6 +67,27 @@ class JobType:
     timeout: float | None = None  # seconds an item may run; None: the server's default
     concurrency: int | None = None  # items that run at once, cluster-wide, at most
     rate: str | None = None  # items that start per second, minute or hour: "R/s|R/m|R/h"
+    retries: int = 0  # times an item is retried after its handler raised one of `retry_on`
+    retry_on: tuple[type[BaseException], ...] = ()
+    backoff: float | None = None  # seconds before the first retry (doubled for each next)
+
+    def retried(self, raised: BaseException, retries: int) -> bool:
+        """Whether an item whose handler raised `raised`, after `retries` retries so far, is
+        retried (never an abort of the whole job)."""
+        return (
+            retries < self.retries
+            and isinstance(raised, self.retry_on)
+            and not isinstance(raised, JobAborted)
+        )
+
+    def retry_delay(self, retries: int) -> float:
+        """Seconds before the retry that follows `retries` earlier ones: exponential backoff
+        (the backoff, then twice it, four times, ... at most MAX_BACKOFF_SECONDS), with jitter
+        (a random half of it at most taken off), so that items that failed together are not
+        retried all at once."""
+        base = DEFAULT_BACKOFF_SECONDS if self.backoff is None else self.backoff
+        delay = min(base * 2.0 ** min(retries, 60), MAX_BACKOFF_SECONDS)
+        return delay * random.uniform(0.5, 1.0)
 
     @property
     def limit(self) -> Limit | None:
@@ -76,6 +101,40 @@ class JobType:
     def is_async(self) -> bool:
         """True when the handler is a coroutine function, run on the worker's event loop."""
         return inspect.iscoroutinefunction(self.handler)
+
+
+def _classes(given: Any) -> tuple[Any, ...]:
+    """`retry_on` as a tuple: one class, or a list or tuple of them (checked later)."""
+    return tuple(given) if isinstance(given, list | tuple) else (given,)
+
+
+def _check_retries(job_type: JobType) -> None:
+    name, retries, backoff = job_type.name, job_type.retries, job_type.backoff
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(
+            f"job type {name!r}: retries must be a whole number >= 0, not {retries!r}"
+        )
+    classes = job_type.retry_on
+    if not isinstance(classes, tuple) or not all(
+        isinstance(c, type) and issubclass(c, BaseException) for c in classes
+    ):
+        raise ConfigError(
+            f"job type {name!r}: retry_on must be exception classes, e.g. "
+            f"retry_on=(TimeoutError, ConnectionError), not {classes!r}"
+        )
+    if backoff is not None and (
+        isinstance(backoff, bool) or not isinstance(backoff, int | float) or not backoff > 0
+    ):
+        raise ConfigError(f"job type {name!r}: backoff must be a number of seconds > 0")
+    if retries and not classes:
+        raise ConfigError(
+            f"job type {name!r}: retries={retries} needs retry_on=(SomeError, ...): the "
+            "exceptions to retry"
+        )
+    if not retries and (classes or backoff is not None):
+        raise ConfigError(
+            f"job type {name!r}: retry_on and backoff need retries=N (how many times to retry)"
+        )
 
 
 def _check_limits(job_type: JobType) -> None:
@@ -109,6 +168,9 @@ class App:
         timeout: float | None = None,
         concurrency: int | None = None,
         rate: str | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | Sequence[type[BaseException]] = (),
+        backoff: float | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the per-item handler of job type `name`.
 
@@ -116,6 +178,10 @@ class App:
         server's `item_timeout_seconds`). `concurrency=N`: at most N of its items run at once,
         and `rate="R/s"` (or `/m`, `/h`): at most R of them start per second (minute, hour),
         both counted in the database, so across every worker process on every machine.
+        `retries=N, retry_on=(SomeError, ...)`: an item whose handler raised one of those is
+        retried up to N times, after `backoff` seconds (default 1), twice that, four times
+        that, ... (with jitter); it holds no lease while it waits, and if it fails in the end
+        its result says how many `attempts` it took.
         """
 
         def register(handler: Handler) -> Handler:
@@ -127,6 +193,9 @@ class App:
                 timeout=timeout,
                 concurrency=concurrency,
                 rate=rate,
+                retries=retries,
+                retry_on=_classes(retry_on),
+                backoff=backoff,
             )
             self.add(job_type)
             return handler
@@ -142,6 +211,7 @@ class App:
                 f"job type {job_type.name!r}: timeout must be a number of seconds > 0"
             )
         _check_limits(job_type)
+        _check_retries(job_type)
         if job_type.name in self._types:
             raise ConfigError(f"job type {job_type.name!r} is registered twice")
         self._types[job_type.name] = job_type

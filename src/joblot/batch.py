@@ -12,10 +12,12 @@ from typing import Any
 from joblot import codec
 from joblot.app import Context, ItemFailed, JobAborted, JobType
 from joblot.models import failure_entry, success_entry
-from joblot.store import Claim, ClaimedItem, FinishedItem
+from joblot.store import Claim, ClaimedItem, FinishedItem, RetryLater
 
 
-def to_result(job_type: JobType, index: int, ident: dict[str, Any], returned: Any) -> FinishedItem:
+def to_result(
+    job_type: JobType, index: int, ident: dict[str, Any], returned: Any, attempts: int = 1
+) -> FinishedItem:
     """Turn what a handler returned (or raised, as `returned`) into a result entry.
 
     `ident` holds the item's `id`, taken before the handler ran (handlers may change items).
@@ -24,7 +26,7 @@ def to_result(job_type: JobType, index: int, ident: dict[str, Any], returned: An
     is made storable (see `joblot.codec`).
     """
     if isinstance(returned, BaseException):
-        return failure(job_type, index, ident, *_describe(returned))
+        return failure(job_type, index, ident, *_describe(returned), attempts=attempts)
     if returned is None:
         returned = {}
     if not isinstance(returned, dict):
@@ -40,11 +42,17 @@ def to_result(job_type: JobType, index: int, ident: dict[str, Any], returned: An
 
 
 def failure(
-    job_type: JobType, index: int, ident: dict[str, Any], error: str, details: str
+    job_type: JobType,
+    index: int,
+    ident: dict[str, Any],
+    error: str,
+    details: str,
+    *,
+    attempts: int = 1,
 ) -> FinishedItem:
     """A failed result entry, its text made storable."""
     error, details = codec.without_surrogates(error), codec.without_surrogates(details)
-    entry = failure_entry(index, ident, job_type.action, error, details)
+    entry = failure_entry(index, ident, job_type.action, error, details, attempts=attempts)
     return FinishedItem(index, False, codec.dumps(entry))
 
 
@@ -106,6 +114,7 @@ class Batch:
         self.timeout = timeout  # seconds an item may run
         self.todo: deque[ClaimedItem] = deque(claim.items)
         self.done: list[FinishedItem] = []
+        self.later: list[RetryLater] = []  # items to retry after a delay, not yet reported
         self.message: str | None = None
         self.aborted: str | None = None  # the reason of the first item that aborted the job
         self.aborted_entries: list[FinishedItem] = []  # reported together with the abort
@@ -143,7 +152,8 @@ class Batch:
             self._on_drained()
         payload = codec.decode_item(item.payload)
         runner.ident = ident_of(payload)
-        ctx = Context(self.claim.job_id, self.job_type.name, item.index, item.attempt)
+        attempt = item.attempt + item.retries  # the handler's tries, whatever ended them
+        ctx = Context(self.claim.job_id, self.job_type.name, item.index, attempt)
         return payload, ctx
 
     def record(self, runner: Runner, returned: Any, ctx: Context) -> bool:
@@ -153,10 +163,14 @@ class Batch:
         assert item is not None
         if isinstance(returned, JobAborted):
             return self._abort(runner, item, returned)
+        later: RetryLater | None = None
         if isinstance(returned, ItemTimedOut):
             result = self.timed_out(item, runner.ident)
+        elif isinstance(returned, BaseException) and self.job_type.retried(returned, item.retries):
+            later = RetryLater(item.index, self.job_type.retry_delay(item.retries))
         else:
-            result = to_result(self.job_type, item.index, runner.ident, returned)
+            attempts = item.retries + 1
+            result = to_result(self.job_type, item.index, runner.ident, returned, attempts)
         with self.lock:
             if runner.abandoned:
                 return False
@@ -164,7 +178,10 @@ class Batch:
             self.busy_items += 1
             self.accounted += 1
             runner.item = None
-            self.done.append(result)
+            if later is None:
+                self.done.append(result)
+            else:
+                self.later.append(later)
             if ctx.reported is not None:
                 self.message = ctx.reported
         return True
@@ -224,12 +241,13 @@ class Batch:
         with self.lock:
             return any(r.item is not None and not r.abandoned for r in self.runners)
 
-    def take(self) -> tuple[list[FinishedItem], str | None]:
-        """The results and message gathered since the last flush."""
+    def take(self) -> tuple[list[FinishedItem], str | None, list[RetryLater]]:
+        """The results, message and items to retry gathered since the last flush."""
         with self.lock:
             done, self.done = self.done, []
             message, self.message = self.message, None
-        return done, message
+            later, self.later = self.later, []
+        return done, message, later
 
     def take_aborted(self) -> list[FinishedItem]:
         """The entries of the items that aborted the job, to report with the abort."""

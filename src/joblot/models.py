@@ -167,15 +167,24 @@ def success_entry(
 
 
 def failure_entry(
-    index: int, item: dict[str, Any], action: str | None, error: str, details: str
+    index: int,
+    item: dict[str, Any],
+    action: str | None,
+    error: str,
+    details: str,
+    *,
+    attempts: int = 1,
 ) -> dict[str, Any]:
-    """The result entry of an item that failed with `error` (a name) and `details`."""
+    """The result entry of an item that failed with `error` (a name) and `details`; one that
+    was retried says how many `attempts` its handler had."""
     entry: dict[str, Any] = {"index": index}
     if "id" in item:
         entry["id"] = item["id"]
     if action is not None:
         entry["action"] = action
     entry.update(success=False, error=error, details=details)
+    if attempts > 1:
+        entry["attempts"] = attempts
     return entry
 
 

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from joblot import codec
@@ -38,6 +38,7 @@ from joblot.store import (
     NewJob,
     Pace,
     Page,
+    RetryLater,
     Store,
     TokenCount,
     TypeLimits,
@@ -372,10 +373,12 @@ class Service:
         message: str | None,
         final: bool,
         abort: str | None = None,
+        later: Sequence[RetryLater] = (),
     ) -> FinishOutcome:
         """Record results under a lease; refused if the lease lapsed. With `abort`, a handler
-        stopped the whole job: it fails with that message in the same transaction. Messages
-        are made storable first (no NUL, no lone surrogate: see `joblot.codec`)."""
+        stopped the whole job: it fails with that message in the same transaction. The items
+        `later` go back to the queue until their delays have passed. Messages are made
+        storable first (no NUL, no lone surrogate: see `joblot.codec`)."""
         outcome = await self.store.finish_items(
             lease_id,
             items,
@@ -384,6 +387,7 @@ class Service:
             now=self.clock(),
             retention=self.settings.retention_seconds,
             abort=None if abort is None else codec.storable_text(abort),
+            later=later,
         )
         if outcome.status is not None and outcome.status.finished:
             self.deliveries_due.set()  # its webhook event may be waiting: send it now

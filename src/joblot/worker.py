@@ -29,7 +29,7 @@ from joblot.logs import job_event
 from joblot.maintenance import Maintenance
 from joblot.pacing import Pacer
 from joblot.service import Service
-from joblot.store import NO_LIMITS, Claim, FinishedItem, FinishOutcome, TypeLimits
+from joblot.store import NO_LIMITS, Claim, FinishedItem, FinishOutcome, RetryLater, TypeLimits
 
 log = logging.getLogger("joblot.worker")
 
@@ -360,10 +360,10 @@ class Worker:
     # -- reporting ------------------------------------------------------------------------------
 
     async def _flush(self, batch: Batch, *, final: bool, abort: str | None = None) -> None:
-        done, message = batch.take()
-        if not done and message is None and not final:
+        done, message, later = batch.take()
+        if not done and message is None and not later and not final:
             return
-        outcome = await self._report(batch, done, message, final=final, abort=abort)
+        outcome = await self._report(batch, done, message, later, final=final, abort=abort)
         if outcome is None:
             batch.stopped = True  # the lease lapses and the unreported items run again
         elif not outcome.accepted:
@@ -384,11 +384,13 @@ class Worker:
         batch: Batch,
         done: list[FinishedItem],
         message: str | None,
+        later: list[RetryLater],
         *,
         final: bool,
         abort: str | None,
     ) -> FinishOutcome | None:
-        """Record results and the message; None if that cannot be done now.
+        """Record results, the message and the items to retry later; None if that cannot be
+        done now.
 
         What a handler produced must not stop its job, even if the database refuses it: the
         results are tried again without the message, then one by one, and a result refused on
@@ -396,11 +398,16 @@ class Worker:
         """
         report = functools.partial(self._finish, batch, final=final, abort=abort)
         with contextlib.suppress(_Refused):
-            return await report(done, message)
+            return await report(done, message, later)
         if message is not None:
             with contextlib.suppress(_Refused):
-                return await report(done, None)
+                return await report(done, None, later)
         outcome: FinishOutcome | None = FinishOutcome(accepted=True)
+        if later:
+            with contextlib.suppress(_Refused):
+                outcome = await report([], None, later)
+            if outcome is None or not outcome.accepted:
+                return outcome
         for finished in done:
             try:
                 outcome = await report([finished], None)
@@ -421,6 +428,7 @@ class Worker:
         batch: Batch,
         results: list[FinishedItem],
         message: str | None,
+        later: list[RetryLater] | None = None,
         *,
         final: bool,
         abort: str | None,
@@ -429,7 +437,12 @@ class Worker:
         the items run again), _Refused (logged) when it refused what it was given."""
         try:
             return await self.service.finish_items(
-                batch.claim.lease_id, results, message=message, final=final, abort=abort
+                batch.claim.lease_id,
+                results,
+                message=message,
+                final=final,
+                abort=abort,
+                later=later or (),
             )
         except JoblotError as exc:
             log.warning(

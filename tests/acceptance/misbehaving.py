@@ -68,3 +68,14 @@ def exit_on_request(item: dict[str, Any], ctx: Context) -> dict[str, Any]:
         os._exit(70)
     time.sleep(item.get("seconds", 0))
     return {}
+
+
+@app.job_type("test.flaky", retries=2, retry_on=(ConnectionError, TimeoutError), backoff=0.5)
+def fail_as_asked(item: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Raise ConnectionError on the item's first `fail_times` attempts (a retried error), or the
+    error named `raise` (ValueError: not retried); else return the attempt it succeeded on."""
+    if item.get("raise") == "ValueError":
+        raise ValueError("not worth retrying")
+    if ctx.attempt <= item.get("fail_times", 0):
+        raise ConnectionError(f"the service did not answer (attempt {ctx.attempt})")
+    return {"attempt": ctx.attempt}

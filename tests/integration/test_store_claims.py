@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from joblot.store import Claim, Pace, Store
+from joblot.models import Status
+from joblot.store import Claim, Pace, RetryLater, Store
 
-from .test_store import T0, TYPES, new_job, submit
+from .test_store import RETENTION, T0, TYPES, done, get, new_job, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -64,7 +65,7 @@ async def test_after_a_slow_batch_the_other_jobs_get_turns_until_its_time_is_up(
 
 async def lose(store: Store, now: float) -> None:
     """The worker holding the leases vanished: they lapse and are requeued."""
-    await store.requeue_expired(now + LEASE + 1, 3, 3600.0)
+    await store.requeue_expired(now + LEASE + 1, 3, RETENTION)
 
 
 async def test_items_whose_worker_vanished_twice_are_then_claimed_one_at_a_time(
@@ -91,3 +92,38 @@ async def test_items_whose_worker_vanished_twice_are_then_claimed_one_at_a_time(
         assert [(i.index, i.attempt) for i in alone.items] == [(index, 3)]
     rest = await claim_at(store, T0 + 90, limit=10, max_attempts=3)
     assert rest is not None and [(i.index, i.attempt) for i in rest.items] == [(4, 2), (5, 2)]
+
+
+async def test_an_item_to_retry_waits_unleased_and_does_not_hold_up_other_jobs(
+    store: Store,
+) -> None:
+    first = await submit(store, 2)
+    claimed = await claim_at(store, T0, max_attempts=3)
+    assert claimed is not None and claimed.job_id == first.id
+    outcome = await store.finish_items(
+        claimed.lease_id,
+        [done(claimed.items[0])],
+        message=None,
+        final=True,
+        now=T0 + 1,
+        retention=RETENTION,
+        later=[RetryLater(1, 10.0)],  # due at T0 + 11
+    )
+    assert outcome.accepted and outcome.status is Status.WORKING
+    other = await submit(store, 1, at=T0 + 2)
+    assert await claim_at(store, T0 + 3) is not None  # the other job's item, not the waiting one
+    assert await claim_at(store, T0 + 4) is None  # nothing due: the waiting item is passed over
+    again = await claim_at(store, T0 + 11, max_attempts=3)
+    assert again is not None and again.job_id == first.id
+    # its handler's failure spent no attempt (its worker did not vanish), and it was retried once
+    assert [(i.index, i.attempt, i.retries) for i in again.items] == [(1, 1, 1)]
+    await store.finish_items(
+        again.lease_id,
+        [done(again.items[0])],
+        message=None,
+        final=True,
+        now=T0 + 12,
+        retention=RETENTION,
+    )
+    assert (await get(store, first.id, T0 + 12)).status is Status.COMPLETED
+    assert other.id != first.id

@@ -118,6 +118,7 @@ ONLY_POSTGRES = {
     "claim_items.lock_type": "claims of a limited job type run in parallel on other nodes",
     "finish_items.record": "the whole batch as arrays in one round trip",
     "finish_items.lease_held": "re-checked under the job row lock: writers run in parallel",
+    "finish_items.lock_all": "items taken and retried locked in one order: writers run in parallel",
     "get_jobs.select": "show_many in one round trip",
     "migrations.lock": "several nodes may migrate at once; SQLite's writer is the lock",
     "release_lease.held": "re-checked under the job row lock: writers run in parallel",

@@ -9,7 +9,7 @@ chores: requeue, purge, leadership) and, for PostgreSQL, `notify.py`. What both 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -101,6 +101,16 @@ class ClaimedItem:
     index: int
     payload: bytes
     attempt: int
+    retries: int = 0  # times its handler raised an error that its job type retries
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """An item whose handler raised an error its job type retries: it goes back to the queue,
+    and no claim takes it for `delay` seconds."""
+
+    index: int
+    delay: float
 
 
 @dataclass(frozen=True)
@@ -410,8 +420,10 @@ class Store(Protocol):
         now: float,
         retention: float,
         abort: str | None = None,
+        later: Sequence[RetryLater] = (),
     ) -> FinishOutcome:
-        """Record results under a lease, unless it lapsed; `final` releases the lease.
+        """Record results under a lease, unless it lapsed; `final` releases the lease. The
+        items `later` go back to the queue, each due after its delay.
 
         With `abort`, a handler stopped the whole job: in the same transaction the job fails
         with that message (unless it already finished), before the results are counted.

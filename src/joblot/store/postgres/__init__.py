@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from joblot.store import (
     ANY_JOB,
@@ -26,6 +26,7 @@ from joblot.store import (
     NewJob,
     Pace,
     Page,
+    RetryLater,
     TokenCount,
     TokenRow,
     TypeLimits,
@@ -309,6 +310,7 @@ class PostgresStore:
         now: float,
         retention: float,
         abort: str | None = None,
+        later: Sequence[RetryLater] = (),
     ) -> FinishOutcome:
         """Record results if the lease is still held; otherwise refuse them all."""
         async with self._pool.connection() as conn:
@@ -321,6 +323,7 @@ class PostgresStore:
                 now=now,
                 retention=retention,
                 abort=abort,
+                later=later,
             )
         if outcome.accepted:
             self._notifier.changed()

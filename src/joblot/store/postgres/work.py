@@ -6,7 +6,7 @@ lock order of `connection.py`: a lease's items, then the job row, then lease row
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from joblot.models import Limit, after_claim, after_finish, after_requeue, after_throttle, stopped
@@ -17,6 +17,7 @@ from joblot.store import (
     FinishedItem,
     FinishOutcome,
     Pace,
+    RetryLater,
     TypeLimits,
 )
 from joblot.store.common import (
@@ -104,7 +105,13 @@ async def _lease(
         },
     )
     assert lease is not None
-    params = {"job_id": job_id, "lease_id": lease[0], "limit": choice.size, "last": last}
+    params = {
+        "job_id": job_id,
+        "lease_id": lease[0],
+        "limit": choice.size,
+        "last": last,
+        "now": now,
+    }
     rows = await fetch_all(conn, "claim_items.last_attempt", params)
     if not rows:
         rows = await fetch_all(conn, "claim_items.lease_items", params)
@@ -117,7 +124,7 @@ async def _lease(
         new = after_throttle(new, choice.throttle)
     turn = next_turn(now, choice.pace, len(rows))
     await save_state(conn, job_id, state, new, now=now, retention=0.0, claimed_at=now, turn=turn)
-    items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
+    items = [ClaimedItem(i, p, a, r) for i, p, a, r in sorted(rows)]
     return Claim(
         lease_id=lease[0],
         job_id=job_id,
@@ -141,15 +148,20 @@ async def _choose(
     limit is reached (their next job is held back), that another claim is serving right now,
     or that this worker has no room for."""
     skipped = {t for t in limits.by_type if limits.free <= 0}
+    waiting: list[str] = []  # jobs whose pending items all wait to be retried later
     held_back: list[tuple[str, str]] = []
     while True:
         wanted = [t for t in job_types if t not in skipped]
         if not wanted:
             return Choice(held_back=held_back)
-        picked = await fetch_one(conn, "claim_items.pick_job", {"job_types": wanted})
+        params = {"job_types": wanted, "skip_jobs": waiting}
+        picked = await fetch_one(conn, "claim_items.pick_job", params)
         if picked is None:
             return Choice(held_back=held_back)
         job_id, job_type, tenant = picked
+        if await fetch_one(conn, "claim_items.has_due", {"job_id": job_id, "now": now}) is None:
+            waiting.append(job_id)
+            continue
         size = claim_size(job_type, limit, paces)
         pace = None if paces is None else paces.get(job_type)
         rule = limits.by_type.get(job_type)
@@ -215,10 +227,12 @@ async def finish_items(
     now: float,
     retention: float,
     abort: str | None = None,
+    later: Sequence[RetryLater] = (),
 ) -> FinishOutcome:
     """Record results if the lease is still held; otherwise refuse them all. With `abort`, the
     job fails with that message first (unless it finished already), so that these results,
-    though they may be its last, cannot complete it."""
+    though they may be its last, cannot complete it. The items `later` go back to the queue,
+    due after their delays."""
     try:
         async with conn.transaction():
             lease = await fetch_one(conn, "finish_items.lease", {"lease_id": lease_id})
@@ -227,7 +241,9 @@ async def finish_items(
             job_id = lease[0]
             # Items and results first, the job row last: many workers finishing items of one
             # job then hold its row only for the final few statements, not the whole transaction.
+            await _lock_all(conn, job_id, lease_id, items, later)
             await record(conn, job_id, lease_id, items)
+            await _retry_later(conn, job_id, lease_id, later, now)
             old = await lock_state(conn, job_id)
             if old is None:
                 raise Refused()  # the job is gone: past its retention and purged
@@ -235,7 +251,8 @@ async def finish_items(
             if await fetch_one(conn, "finish_items.lease_held", held) is None:
                 raise Refused()  # requeued or released while this waited for the row
             failed = sum(1 for it in items if not it.success)
-            new = after_finish(stopped(old, abort), len(items), failed, message, now)
+            new = after_requeue(stopped(old, abort), len(later))
+            new = after_finish(new, len(items), failed, message, now)
             await save_state(conn, job_id, old, new, now=now, retention=retention)
             if final:
                 await rowcount(conn, "leases.release_if_done", {"lease_id": lease_id})
@@ -258,6 +275,36 @@ async def record(conn: Conn, job_id: str, lease_id: int, items: list[FinishedIte
         "entry": [it.entry for it in items],
     }
     if await rowcount(conn, "finish_items.record", params) != len(items):
+        raise Refused()
+
+
+async def _lock_all(
+    conn: Conn,
+    job_id: str,
+    lease_id: int,
+    items: list[FinishedItem],
+    later: Sequence[RetryLater],
+) -> None:
+    """With items to retry, lock every item of the finish first, in index order."""
+    if later:
+        idx = sorted([it.index for it in items] + [it.index for it in later])
+        params = {"job_id": job_id, "lease_id": lease_id, "idx": idx}
+        await fetch_all(conn, "finish_items.lock_all", params)
+
+
+async def _retry_later(
+    conn: Conn, job_id: str, lease_id: int, later: Sequence[RetryLater], now: float
+) -> None:
+    """Put items back in the queue, due after their delays; Refused unless all were held."""
+    if not later:
+        return
+    params = {
+        "job_id": job_id,
+        "lease_id": lease_id,
+        "idx": [it.index for it in later],
+        "due_at": [now + it.delay for it in later],
+    }
+    if await rowcount(conn, "finish_items.retry_later", params) != len(later):
         raise Refused()
 
 

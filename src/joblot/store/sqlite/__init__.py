@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from joblot.store import (
     ANY_JOB,
@@ -28,6 +28,7 @@ from joblot.store import (
     NewJob,
     Pace,
     Page,
+    RetryLater,
     TokenCount,
     TokenRow,
     TypeLimits,
@@ -292,6 +293,7 @@ class SQLiteStore:
         now: float,
         retention: float,
         abort: str | None = None,
+        later: Sequence[RetryLater] = (),
     ) -> FinishOutcome:
         """Record results if the lease is still held; otherwise refuse them all."""
         return await self._db.write_redoable(
@@ -303,6 +305,7 @@ class SQLiteStore:
             now=now,
             retention=retention,
             abort=abort,
+            later=later,
         )
 
     async def renew_leases(self, lease_ids: list[int], now: float, until: float) -> set[int]:

@@ -6,7 +6,7 @@ transaction, and SQLite's single writer is the lock that keeps them apart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -18,6 +18,7 @@ from joblot.store import (
     FinishedItem,
     FinishOutcome,
     Pace,
+    RetryLater,
     TypeLimits,
 )
 from joblot.store.common import (
@@ -83,6 +84,7 @@ def claim_items(
             "lease_id": lease_id,
             "limit": choice.size,
             "last": last_attempt(max_attempts),
+            "now": now,
         }
         rows = fetch_all(conn, "claim_items.last_attempt", params)
         if not rows:
@@ -95,7 +97,7 @@ def claim_items(
             new = after_throttle(new, choice.throttle)
         turn = next_turn(now, choice.pace, len(rows))
         save_state(conn, job_id, old, new, now=now, retention=0.0, claimed_at=now, turn=turn)
-    items = [ClaimedItem(index=i, payload=p, attempt=a) for i, p, a in sorted(rows)]
+    items = [ClaimedItem(i, p, a, r) for i, p, a, r in sorted(rows)]
     return Claim(
         lease_id=lease_id,
         job_id=job_id,
@@ -118,16 +120,23 @@ def _choose(
     """The least recently served runnable job of a type with room, skipping the types whose
     limit is reached (their next job is held back) or that this worker has no room for."""
     skipped = {t for t in limits.by_type if limits.free <= 0}
+    waiting: list[str] = []  # jobs whose pending items all wait to be retried later
     held_back: list[tuple[str, str]] = []
     while True:
         wanted = [t for t in job_types if t not in skipped]
         if not wanted:
             return Choice(held_back=held_back)
-        types = {"job_types": orjson.dumps(wanted).decode()}
-        picked = fetch_one(conn, "claim_items.pick_job", types)
+        params = {
+            "job_types": orjson.dumps(wanted).decode(),
+            "skip_jobs": orjson.dumps(waiting).decode(),
+        }
+        picked = fetch_one(conn, "claim_items.pick_job", params)
         if picked is None:
             return Choice(held_back=held_back)
         job_id, job_type, tenant = picked
+        if fetch_one(conn, "claim_items.has_due", {"job_id": job_id, "now": now}) is None:
+            waiting.append(job_id)
+            continue
         size = claim_size(job_type, limit, paces)
         pace = None if paces is None else paces.get(job_type)
         rule = limits.by_type.get(job_type)
@@ -193,10 +202,12 @@ def finish_items(
     now: float,
     retention: float,
     abort: str | None = None,
+    later: Sequence[RetryLater] = (),
 ) -> FinishOutcome:
     """Record results if the lease is still held; otherwise refuse them all. With `abort`, the
     job fails with that message first (unless it finished already), so that these results,
-    though they may be its last, cannot complete it."""
+    though they may be its last, cannot complete it. The items `later` go back to the queue,
+    due after their delays."""
     try:
         with transaction(conn):
             lease = fetch_one(conn, "finish_items.lease", {"lease_id": lease_id})
@@ -204,11 +215,13 @@ def finish_items(
                 raise Refused()
             job_id = lease[0]
             record(conn, job_id, lease_id, items)
+            _retry_later(conn, job_id, lease_id, later, now)
             old = lock_state(conn, job_id)
             if old is None:  # purged while this lease was out
                 raise Refused()
             failed = sum(1 for it in items if not it.success)
-            new = after_finish(stopped(old, abort), len(items), failed, message, now)
+            new = after_requeue(stopped(old, abort), len(later))
+            new = after_finish(new, len(items), failed, message, now)
             save_state(conn, job_id, old, new, now=now, retention=retention)
             if final:
                 rowcount(conn, "leases.release_if_done", {"lease_id": lease_id})
@@ -238,6 +251,17 @@ def record(conn: Conn, job_id: str, lease_id: int, items: list[FinishedItem]) ->
         SQL["finish_items.insert_result"],
         ((job_id, it.index, 1, it.entry) for it in items if it.success),
     )
+
+
+def _retry_later(
+    conn: Conn, job_id: str, lease_id: int, later: Sequence[RetryLater], now: float
+) -> None:
+    """Put items back in the queue, due after their delays; Refused unless all were held."""
+    if not later:
+        return
+    rows = ((now + it.delay, job_id, it.index, lease_id) for it in later)
+    if conn.executemany(SQL["finish_items.retry_later"], rows).rowcount != len(later):
+        raise Refused()
 
 
 def renew_leases(conn: Conn, lease_ids: list[int], now: float, until: float) -> set[int]:

@@ -249,7 +249,15 @@ SELECT EXISTS (
 -- row is locked only at the end of the claim, to count it.
 SELECT id, job_type, tenant FROM jobs
 WHERE pending > 0 AND status IN ('queued', 'working') AND job_type = ANY(%(job_types)s::text[])
+  AND NOT (id = ANY(%(skip_jobs)s::text[]))
 ORDER BY claimed_at LIMIT 1;
+
+-- name: claim_items.has_due
+-- Whether a job has an item a claim can take now: its pending items may all be waiting to
+-- be retried later (`due_at`), and then the claim passes it over.
+SELECT 1 FROM items
+WHERE job_id = %(job_id)s AND state = 'pending' AND (due_at IS NULL OR due_at <= %(now)s)
+LIMIT 1;
 
 -- name: claim_items.insert_lease
 INSERT INTO leases (job_id, worker_id, expires_at, job_type)
@@ -297,12 +305,13 @@ SELECT pg_try_advisory_xact_lock(1785684591, hashtext(%(job_type)s));
 WITH picked AS (
     SELECT ctid FROM items
     WHERE job_id = %(job_id)s AND state = 'pending' AND attempts < %(last)s
+      AND (due_at IS NULL OR due_at <= %(now)s)
     ORDER BY idx LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 UPDATE items SET state = 'leased', lease_id = %(lease_id)s, attempts = items.attempts + 1
 WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked))
-RETURNING items.idx, items.payload, items.attempts;
+RETURNING items.idx, items.payload, items.attempts, items.retries;
 
 -- name: claim_items.last_attempt
 -- An item on its last attempt (its worker vanished `max_attempts - 1` times) is leased alone,
@@ -311,12 +320,13 @@ RETURNING items.idx, items.payload, items.attempts;
 WITH picked AS (
     SELECT ctid FROM items
     WHERE job_id = %(job_id)s AND state = 'pending' AND attempts > 0 AND attempts >= %(last)s
+      AND (due_at IS NULL OR due_at <= %(now)s)
     ORDER BY idx LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE items SET state = 'leased', lease_id = %(lease_id)s, attempts = items.attempts + 1
 WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked))
-RETURNING items.idx, items.payload, items.attempts;
+RETURNING items.idx, items.payload, items.attempts, items.retries;
 
 -- name: finish_items.lease
 SELECT job_id, expires_at FROM leases WHERE id = %(lease_id)s;
@@ -326,6 +336,26 @@ SELECT job_id, expires_at FROM leases WHERE id = %(lease_id)s;
 -- deleted by transactions holding the job row, so from here on the answer cannot change; a
 -- requeue or release of this lease that committed while this finish waited is seen here.
 SELECT 1 FROM leases WHERE id = %(lease_id)s AND expires_at >= %(now)s;
+
+-- name: finish_items.lock_all
+-- Differs by necessity from SQLite: a finish that also retries items locks all of its items
+-- first, in index order, as finish_items.record and requeue_expired.items do, so that taking
+-- some and retrying others cannot deadlock with a requeue of the same lease.
+SELECT idx FROM items
+WHERE job_id = %(job_id)s AND idx = ANY(%(idx)s::bigint[]) AND lease_id = %(lease_id)s
+  AND state = 'leased'
+ORDER BY idx
+FOR UPDATE;
+
+-- name: finish_items.retry_later
+-- An item whose handler raised an error its job type retries goes back to the queue, due at
+-- `due_at`; the claim it ran under is not counted as an attempt (its worker did not vanish).
+-- Only an item still leased under this token is retried (the fencing check).
+UPDATE items SET state = 'pending', lease_id = NULL, due_at = r.due_at,
+    retries = items.retries + 1, attempts = items.attempts - 1
+FROM unnest(%(idx)s::bigint[], %(due_at)s::double precision[]) AS r(idx, due_at)
+WHERE items.job_id = %(job_id)s AND items.idx = r.idx AND items.lease_id = %(lease_id)s
+  AND items.state = 'leased';
 
 -- name: finish_items.record
 -- The fencing check and the recording, for the whole batch in one statement: only items still

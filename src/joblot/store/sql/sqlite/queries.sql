@@ -181,7 +181,15 @@ WHERE id = :id;
 SELECT id, job_type, tenant FROM jobs
 WHERE pending > 0 AND status IN ('queued', 'working')
   AND job_type IN (SELECT value FROM json_each(:job_types))
+  AND id NOT IN (SELECT value FROM json_each(:skip_jobs))
 ORDER BY claimed_at LIMIT 1;
+
+-- name: claim_items.has_due
+-- Whether a job has an item a claim can take now: its pending items may all be waiting to
+-- be retried later (`due_at`), and then the claim passes it over.
+SELECT 1 FROM items
+WHERE job_id = :job_id AND state = 'pending' AND (due_at IS NULL OR due_at <= :now)
+LIMIT 1;
 
 -- name: claim_items.insert_lease
 INSERT INTO leases (job_id, worker_id, expires_at, job_type)
@@ -219,9 +227,10 @@ UPDATE items SET state = 'leased', lease_id = :lease_id, attempts = attempts + 1
 WHERE job_id = :job_id AND idx = (
     SELECT idx FROM items
     WHERE job_id = :job_id AND state = 'pending' AND attempts > 0 AND attempts >= :last
+      AND (due_at IS NULL OR due_at <= :now)
     ORDER BY idx LIMIT 1
 )
-RETURNING idx, payload, attempts;
+RETURNING idx, payload, attempts, retries;
 
 -- name: claim_items.lease_items
 -- Differs by necessity from PostgreSQL: SQLite has one writer at a time, so the
@@ -230,9 +239,10 @@ RETURNING idx, payload, attempts;
 UPDATE items SET state = 'leased', lease_id = :lease_id, attempts = attempts + 1
 WHERE job_id = :job_id AND state = 'pending' AND idx IN (
     SELECT idx FROM items WHERE job_id = :job_id AND state = 'pending' AND attempts < :last
+      AND (due_at IS NULL OR due_at <= :now)
     ORDER BY idx LIMIT :limit
 )
-RETURNING idx, payload, attempts;
+RETURNING idx, payload, attempts, retries;
 
 -- name: finish_items.lease
 SELECT job_id, expires_at FROM leases WHERE id = :lease_id;
@@ -240,6 +250,14 @@ SELECT job_id, expires_at FROM leases WHERE id = :lease_id;
 -- name: finish_items.take_item
 -- The fencing check: only an item still leased under this token can be finished.
 DELETE FROM items WHERE job_id = ? AND idx = ? AND lease_id = ? AND state = 'leased';
+
+-- name: finish_items.retry_later
+-- An item whose handler raised an error its job type retries goes back to the queue, due at
+-- `due_at`; the claim it ran under is not counted as an attempt (its worker did not vanish).
+-- Only an item still leased under this token is retried (the fencing check).
+UPDATE items SET state = 'pending', lease_id = NULL, due_at = ?, retries = retries + 1,
+    attempts = attempts - 1
+WHERE job_id = ? AND idx = ? AND lease_id = ? AND state = 'leased';
 
 -- name: finish_items.insert_result
 INSERT INTO results (job_id, idx, success, entry) VALUES (?, ?, ?, ?);
