@@ -57,7 +57,7 @@ from joblot.params import (
     tags,
 )
 from joblot.service import Service
-from joblot.status_cache import Statuses, StatusLane
+from joblot.status_cache import Prepared, Statuses, StatusLane
 from joblot.store import JobRow, Page
 from joblot.waits import Ended, Wait, Waits, guarded
 from joblot.watcher import Batched, Watcher
@@ -198,21 +198,16 @@ class Routes:
         job_id = job_id_param(request)
         given = request.headers.get("if-none-match")
         wait = prefer_wait(request)
-        if given is not None:  # unchanged costs one version lookup, not the whole status
-            if wait:
-                version = await self._long_poll(request, tenant, job_id, given, wait)
-            else:
-                version = await self.service.job_version(tenant, job_id)
-            if etag(job_id, version) in tags(given):
-                return Response(status_code=304, headers={"ETag": etag(job_id, version)})
+        if given is None or not wait:  # a plain read (the StatusLane answers most of them)
+            return Prepared(await self.statuses.answer(request.scope, tenant, job_id, given))
+        version = await self._long_poll(request, tenant, job_id, given, wait)
+        if etag(job_id, version) in tags(given):
+            return Response(status_code=304, headers={"ETag": etag(job_id, version)})
         base = base_url(request, self.service)
-        if given is not None and wait:  # woken with many others, maybe: one read for all
-            row = await self._shared_jobs((tenant, job_id))
-            headers = {"ETag": etag(row.id, row.version), "Cache-Control": "no-cache"}
-            return JSONResponse(status_body(row, base), headers=headers)
-        status = await self.statuses.render(request.scope, tenant, job_id, base)
-        headers = {"ETag": status.etag, "Cache-Control": "no-cache"}
-        return Response(status.body, headers=headers, media_type=JSONResponse.media_type)
+        # woken with many others, maybe: one read for all
+        row = await self._shared_jobs((tenant, job_id))
+        headers = {"ETag": etag(row.id, row.version), "Cache-Control": "no-cache"}
+        return JSONResponse(status_body(row, base), headers=headers)
 
     async def _long_poll(
         self, request: Request, tenant: str, job_id: str, given: str, wait: float
@@ -509,9 +504,13 @@ def create_app(
     return Starlette(
         routes=[*_routes(routes), *Dashboard().routes()],
         middleware=[
-            # first: a status read it answers costs no router, no middleware, no query
+            # first: a status read costs no router and no other middleware
             Middleware(
-                StatusLane, statuses=routes.statuses, auth=routes.auth, metrics=routes.http_metrics
+                StatusLane,
+                statuses=routes.statuses,
+                auth=routes.auth,
+                metrics=routes.http_metrics,
+                errors=_joblot_error,
             ),
             Middleware(MetricsMiddleware, metrics=routes.http_metrics),
         ],

@@ -8,25 +8,26 @@ missing). So answering a settled job from memory never returns a status older th
 committed change, in this process or any other. Jobs that may still change are read from
 the database on every request, as before.
 
-`StatusLane` answers `GET /api/v2/job_statuses/{id}` of a kept status (200, or 304 for a
-matching `If-None-Match`) in front of the app's middleware and router, after the same
-authentication; every other request, and every status not kept, goes on to the app.
+`StatusLane` answers every plain `GET /api/v2/job_statuses/{id}` (not a long poll) in front
+of the app's middleware and router, after the same authentication: a status read is most of
+what this service does, and it is cheapest without the layers every route passes.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from joblot.auth import Authenticator
-from joblot.bodies import error_response, etag, status_body
-from joblot.errors import JoblotError, RecordNotFound
+from joblot.bodies import etag, status_body
+from joblot.errors import JoblotError
 from joblot.metrics import HttpMetrics
 from joblot.models import API_PREFIX, Status
 from joblot.params import tags
@@ -36,7 +37,7 @@ from joblot.store import JobRow
 CACHE_BYTES = 32 * 1024 * 1024  # rendered bodies kept per API process, oldest dropped first
 ROUTE = f"{API_PREFIX}/job_statuses/{{id}}"  # the metrics label of the route
 _PATH = re.compile(re.escape(API_PREFIX) + r"/job_statuses/([0-9a-f]{32})(?:\.json)?")
-_WANTED = frozenset((b"authorization", b"if-none-match", b"prefer", b"host"))
+_WANTED = frozenset((b"authorization", b"if-none-match", b"prefer"))
 
 
 def settled(row: JobRow) -> bool:
@@ -114,29 +115,68 @@ class StatusCache:
         return len(self._kept)
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A status read's answer, ready to send as it is."""
+
+    code: int
+    head: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class Prepared(Response):
+    """The Starlette response of an Answer (for the route)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.status_code = answer.code
+        self.body = answer.body
+        self.raw_headers = list(answer.head)
+        self.background = None
+
+
+def _not_modified(tag: bytes) -> Answer:
+    return Answer(304, [(b"etag", tag)], b"")
+
+
 class Statuses:
-    """Reads of one JobStatus as show_job answers them: from the cache when the job has
+    """Plain reads of one JobStatus (not long polls): from the cache when the job has
     settled, else from the database (keeping it if it has settled since)."""
 
     def __init__(self, service: Service, cache: StatusCache | None = None) -> None:
         self.service = service
         self.cache = cache if cache is not None else StatusCache()
-        self.public = service.settings.public_url is not None
+        self.public_url = service.settings.public_url
 
     def where(self, scope: Scope) -> Hashable:
         """The cache key's part for the request: what its statuses' `url`s depend on."""
-        return None if self.public else origin(scope)
+        return None if self.public_url else origin(scope)
+
+    def base(self, scope: Scope) -> str:
+        """The absolute base of JobStatus urls: the configured public URL, else the request's."""
+        return (self.public_url or str(Request(scope).base_url)).rstrip("/")
 
     def kept(self, scope: Scope, job_id: str) -> Rendered | None:
         """The job's kept status, for whichever tenant owns it (the caller must check)."""
         return self.cache.get(job_id, self.where(scope), self.service.clock())
 
-    async def render(self, scope: Scope, tenant: str, job_id: str, base: str) -> Rendered:
-        """The tenant's job's status (RecordNotFound if it has none such)."""
-        hit = self.kept(scope, job_id)
-        if hit is not None and hit.tenant == tenant:
-            return hit
+    async def answer(self, scope: Scope, tenant: str, job_id: str, given: str | None) -> Answer:
+        """`304` when `given` (If-None-Match) names the status's current ETag, else `200` and
+        the status; RecordNotFound when the tenant has no such job."""
+        kept = self.kept(scope, job_id)
+        if kept is None or kept.tenant != tenant:
+            if given is not None:  # unchanged costs one version lookup, not the whole status
+                tag = etag(job_id, await self.service.job_version(tenant, job_id))
+                if tag in tags(given):
+                    return _not_modified(tag.encode())
+            kept = await self.render(scope, tenant, job_id)
+        if given is not None and kept.etag in tags(given):
+            return _not_modified(kept.head[0][1])
+        return Answer(200, kept.head, kept.body)
+
+    async def render(self, scope: Scope, tenant: str, job_id: str) -> Rendered:
+        """The tenant's job's status read from the database, kept if the job has settled."""
         row = await self.service.get_job(tenant, job_id)
+        base = self.base(scope)
         if not settled(row):
             return Rendered.of(tenant, row, base, float("-inf"))
         # Read after the row: a settled job's expiry is fixed by then; None if purged meanwhile.
@@ -147,50 +187,62 @@ class Statuses:
         return rendered
 
 
-class StatusLane:
-    """Pure ASGI middleware: a plain GET of a kept status is answered here, after the same
-    authentication and counted in the same metrics; everything else goes on to `app`.
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 
-    A request with `Prefer` (a long poll) goes on too: waiting is the route's. So does one
-    whose authentication fails, to be refused by the app exactly as any other request.
+
+class StatusLane:
+    """Pure ASGI middleware: a plain `GET` of a JobStatus is answered here, in front of the
+    router and the other middleware, with the same authentication, the same answers (errors
+    through the app's own handler) and counted in the same metrics. Everything else goes on
+    to `app`, and so does a long poll (`Prefer`): waiting is the route's.
     """
 
     def __init__(
-        self, app: ASGIApp, statuses: Statuses, auth: Authenticator, metrics: HttpMetrics
+        self,
+        app: ASGIApp,
+        statuses: Statuses,
+        auth: Authenticator,
+        metrics: HttpMetrics,
+        errors: ErrorHandler,
     ) -> None:
         self.app = app
         self.statuses = statuses
         self.auth = auth
         self.metrics = metrics
+        self.errors = errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
             match = _PATH.fullmatch(scope["path"])
-            if match is not None and await self._answer(scope, match[1], receive, send):
-                return
+            if match is not None:
+                headers = _headers(scope)
+                if b"prefer" not in headers:
+                    await self._answer(scope, match[1], headers, receive, send)
+                    return
         await self.app(scope, receive, send)
 
-    async def _answer(self, scope: Scope, job_id: str, receive: Receive, send: Send) -> bool:
-        """Answer from the cache; False (nothing sent) if the app must answer instead."""
+    async def _answer(
+        self, scope: Scope, job_id: str, headers: dict[bytes, bytes], receive: Receive, send: Send
+    ) -> None:
         started = time.perf_counter()
-        headers = _headers(scope)
-        if b"prefer" in headers:
-            return False
-        kept = self.statuses.kept(scope, job_id)
-        if kept is None:
-            return False
+        code = 500  # unless an answer is sent: an exception that escaped
         try:
-            caller = await self.auth.caller(_text(headers.get(b"authorization")))
-        except JoblotError:
-            return False
-        if caller.tenant != kept.tenant:
-            response = error_response(RecordNotFound.for_job(job_id))
-            await response(scope, receive, send)
-            code = response.status_code
-        else:
-            code = await _send_status(send, kept, _text(headers.get(b"if-none-match")))
-        self.metrics.observe(ROUTE, code, time.perf_counter() - started)
-        return True
+            try:
+                caller = await self.auth.caller(_text(headers.get(b"authorization")))
+                given = _text(headers.get(b"if-none-match"))
+                answer = await self.statuses.answer(scope, caller.tenant, job_id, given)
+            except JoblotError as exc:
+                response = await self.errors(Request(scope), exc)
+                await response(scope, receive, send)
+                code = response.status_code
+                return
+            await send(
+                {"type": "http.response.start", "status": answer.code, "headers": answer.head}
+            )
+            await send({"type": "http.response.body", "body": answer.body})
+            code = answer.code
+        finally:
+            self.metrics.observe(ROUTE, code, time.perf_counter() - started)
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
@@ -204,15 +256,3 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
-
-
-async def _send_status(send: Send, kept: Rendered, given: str | None) -> int:
-    """The kept status, or 304 when `given` (If-None-Match) names its ETag."""
-    if given is not None and kept.etag in tags(given):
-        headers: Any = [(b"etag", kept.head[0][1])]
-        await send({"type": "http.response.start", "status": 304, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
-        return 304
-    await send({"type": "http.response.start", "status": 200, "headers": kept.head})
-    await send({"type": "http.response.body", "body": kept.body})
-    return 200

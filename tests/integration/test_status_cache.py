@@ -90,9 +90,13 @@ async def test_each_change_is_visible_to_the_very_next_read(store: Store, backen
         job_id = await a.submit(2)
         assert (await a.status(job_id))["status"] == "queued"
         first = await a.claim(1)
-        assert (await a.status(job_id))["status"] == "working"
+        working = await a.read(job_id)
+        assert working.json()["job_status"]["status"] == "working"
+        tag = working.headers["etag"]
+        assert (await a.read(job_id, if_none_match=tag)).status_code == 304
         await a.finish(first)
-        assert (await a.status(job_id))["progress"] == 1
+        changed = await a.read(job_id, if_none_match=tag)
+        assert changed.status_code == 200 and changed.json()["job_status"]["progress"] == 1
         await a.finish(await a.claim(1))
         done = [await a.status(job_id) for _ in range(3)]  # the first read keeps it
         assert done[0]["status"] == "completed" and len(done[0]["results"]) == 2
