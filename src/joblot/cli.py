@@ -18,7 +18,7 @@ from joblot import __version__
 from joblot.auth import check_tenant
 from joblot.client import Client
 from joblot.config import load_client_settings, load_settings
-from joblot.display import follow, outcome, show_list
+from joblot.display import COMPLETED_WITH_FAILURES, follow, outcome, show_list
 from joblot.errors import ClientError, JoblotError
 from joblot.logs import LOG_FORMATS
 from joblot.models import JobReport, JobStatus, Status
@@ -172,7 +172,8 @@ def read_items(path: str | None, stdin: TextIO = sys.stdin) -> list[Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Submit a job and print its JobStatus; with `--wait`, follow it as `watch` does."""
+    """Submit a job and print its JobStatus; with `--wait`, follow it as `watch` does and exit
+    0 if it completes (failed items or not), 1 if it fails."""
     items = read_items(args.items)
     with _client(args) as client:
         status = client.submit(
@@ -185,7 +186,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             _print_status(status)
             return 0
         print(f"submitted job {status.id} ({status.total:,} items): {status.url}", flush=True)
-        return _follow(client, status.id, args)
+        code = _follow(client, status.id, args)
+        # The job completed: 0, as its failed items were already reported above.
+        return 0 if code == COMPLETED_WITH_FAILURES else code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
