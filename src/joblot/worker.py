@@ -20,16 +20,15 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from joblot import codec
 from joblot.app import App, Context, JobAborted
-from joblot.batch import Batch, ItemTimedOut, Runner, failure, ident_of
+from joblot.batch import Batch, ItemTimedOut, Runner
 from joblot.delivery import Deliverer
 from joblot.errors import JoblotError, Unavailable
-from joblot.logs import job_event
 from joblot.maintenance import Maintenance
 from joblot.pacing import Pacer
+from joblot.reporting import Reporter, log_fields
 from joblot.service import Service
-from joblot.store import NO_LIMITS, Claim, FinishedItem, FinishOutcome, RetryLater, TypeLimits
+from joblot.store import NO_LIMITS, Claim, TypeLimits
 
 log = logging.getLogger("joblot.worker")
 
@@ -57,6 +56,7 @@ class Worker:
         # Jobs this worker saw stop, so a batch claimed before the database knew is not run.
         self._stopped_jobs: dict[str, None] = {}
         self._pacer = Pacer(self.job_types, self.concurrency, self.settings.batch_size)
+        self._reporter = Reporter(service, self.worker_id, self._stop_batches_of)
         # The cluster-wide limits of the job types this worker runs (counted in the database).
         self._limits = {t.name: t.limit for t in app if t.limit is not None}
         self._claims: dict[int, Claim] = {}  # by lease id, from the claim until its batch ends
@@ -114,7 +114,7 @@ class Worker:
                     ", ".join(str(item.index) for item in given_up),
                     batch.claim.job_id,
                     self.settings.stop_grace_seconds,
-                    extra=_extra(batch),
+                    extra=log_fields(batch),
                 )
         await asyncio.wait(late)
 
@@ -267,7 +267,7 @@ class Worker:
         try:
             await self._drive(batch, self._start_runners(batch))
         finally:
-            await self._conclude(batch)
+            await self._reporter.conclude(batch)
         self._pacer.measured(claim.job_type, batch.busy_items, batch.busy_seconds)
 
     def _start_runners(self, batch: Batch) -> dict[asyncio.Future[None], Runner]:
@@ -296,7 +296,7 @@ class Worker:
             _, pending = await asyncio.wait(pending, timeout=FLUSH_SECONDS)
             if pending:
                 self._expire(batch)
-                await self._flush(batch, final=False)
+                await self._reporter.flush(batch, final=False)
 
     def _expire(self, batch: Batch) -> None:
         """Fail the batch's items that ran past their timeout; their handlers cannot be
@@ -313,7 +313,7 @@ class Worker:
             ", ".join(str(item.index) for item in late),
             batch.timeout,
             "ignored its cancellation and" if batch.job_type.is_async else "thread",
-            extra=_extra(batch),
+            extra=log_fields(batch),
         )
         self.replace = True
         self.stop()
@@ -357,154 +357,6 @@ class Worker:
             if batch.claim.job_id == job_id:
                 batch.stopped = True
 
-    # -- reporting ------------------------------------------------------------------------------
-
-    async def _flush(self, batch: Batch, *, final: bool, abort: str | None = None) -> None:
-        done, message, later = batch.take()
-        if not done and message is None and not later and not final:
-            return
-        outcome = await self._report(batch, done, message, later, final=final, abort=abort)
-        if outcome is None:
-            batch.stopped = True  # the lease lapses and the unreported items run again
-        elif not outcome.accepted:
-            log.warning(
-                "lease %d of job %s lapsed or was revoked; %d results refused",
-                batch.claim.lease_id,
-                batch.claim.job_id,
-                len(done),
-            )
-            batch.stopped = True
-        elif outcome.status is not None and outcome.status.finished:
-            self._stop_batches_of(batch.claim.job_id)  # cancelled, aborted or over threshold
-            if outcome.finished:
-                self._log_finished(batch.claim, outcome.status.value, outcome.status.value)
-
-    async def _report(
-        self,
-        batch: Batch,
-        done: list[FinishedItem],
-        message: str | None,
-        later: list[RetryLater],
-        *,
-        final: bool,
-        abort: str | None,
-    ) -> FinishOutcome | None:
-        """Record results, the message and the items to retry later; None if that cannot be
-        done now.
-
-        What a handler produced must not stop its job, even if the database refuses it: the
-        results are tried again without the message, then one by one, and a result refused on
-        its own is recorded as a plain failure (`UnstorableResult`) instead.
-        """
-        report = functools.partial(self._finish, batch, final=final, abort=abort)
-        with contextlib.suppress(_Refused):
-            return await report(done, message, later)
-        if message is not None:
-            with contextlib.suppress(_Refused):
-                return await report(done, None, later)
-        outcome: FinishOutcome | None = FinishOutcome(accepted=True)
-        if later:
-            with contextlib.suppress(_Refused):
-                outcome = await report([], None, later)
-            if outcome is None or not outcome.accepted:
-                return outcome
-        for finished in done:
-            try:
-                outcome = await report([finished], None)
-            except _Refused:
-                log.error(
-                    "job %s item %d: the database refused its result; recording UnstorableResult",
-                    batch.claim.job_id,
-                    finished.index,
-                )
-                with contextlib.suppress(_Refused):
-                    outcome = await report([_unstorable(batch, finished)], None)
-            if outcome is None or not outcome.accepted:
-                break
-        return outcome
-
-    async def _finish(
-        self,
-        batch: Batch,
-        results: list[FinishedItem],
-        message: str | None,
-        later: list[RetryLater] | None = None,
-        *,
-        final: bool,
-        abort: str | None,
-    ) -> FinishOutcome | None:
-        """`finish_items`; None when the database cannot be reached (the lease then lapses and
-        the items run again), _Refused (logged) when it refused what it was given."""
-        try:
-            return await self.service.finish_items(
-                batch.claim.lease_id,
-                results,
-                message=message,
-                final=final,
-                abort=abort,
-                later=later or (),
-            )
-        except JoblotError as exc:
-            log.warning(
-                "could not report %d results of job %s: %s",
-                len(results),
-                batch.claim.job_id,
-                exc.description,
-            )
-            return None
-        except Exception as exc:
-            log.error(
-                "job %s: the database refused the results of items [%s]%s",
-                batch.claim.job_id,
-                _indexes(results),
-                " or the message" if message is not None else "",
-                exc_info=True,
-            )
-            raise _Refused() from exc
-
-    async def _conclude(self, batch: Batch) -> None:
-        """Report the last results (with an abort, the job fails in the same transaction) and
-        hand back the items without a result: never started, or given up on while stopping.
-
-        Never raises: the lease is released, or left to lapse so that its items run again."""
-        try:
-            if batch.aborted is not None:
-                batch.done.extend(batch.take_aborted())
-                log.info(
-                    "job %s aborted by its handler: %s",
-                    batch.claim.job_id,
-                    batch.aborted,
-                    extra=_extra(batch),
-                )
-            await self._flush(batch, final=batch.leftover == 0, abort=batch.aborted)
-            if batch.leftover:
-                await self.service.release_lease(batch.claim.lease_id)
-        except JoblotError as exc:
-            log.warning(
-                "could not conclude the batch of job %s (lease %d): %s",
-                batch.claim.job_id,
-                batch.claim.lease_id,
-                exc.description,
-            )
-        except Exception:
-            log.exception(
-                "could not conclude the batch of job %s (lease %d)",
-                batch.claim.job_id,
-                batch.claim.lease_id,
-            )
-
-    def _log_finished(self, claim: Claim, status: str, text: str) -> None:
-        job_event(
-            log,
-            "finished",
-            text,
-            job_id=claim.job_id,
-            job_type=claim.job_type,
-            tenant=claim.tenant,
-            status=status,
-            worker=self.worker_id,
-        )
-
     # -- leases ---------------------------------------------------------------------------------
 
     async def _renew_leases(self) -> None:
@@ -545,31 +397,7 @@ async def _call_async(
         return ItemTimedOut() if scope.expired() else exc
 
 
-class _Refused(Exception):
-    """The database refused results or a message (logged where it happened)."""
-
-
-def _extra(batch: Batch) -> dict[str, str]:
-    """The ids a log line about a batch carries as fields (for JSON logs)."""
-    claim = batch.claim
-    return {"job_id": claim.job_id, "job_type": claim.job_type, "tenant": claim.tenant}
-
-
 def _log_failure(batch: Batch, future: asyncio.Future[None]) -> None:
     """A runner must not fail; if one does, say so (and never leave its exception unread)."""
     if not future.cancelled() and (exc := future.exception()) is not None:
         log.error("a runner of job %s failed", batch.claim.job_id, exc_info=exc)
-
-
-def _indexes(results: list[FinishedItem]) -> str:
-    shown = ", ".join(str(it.index) for it in results[:20])
-    return shown + (f" and {len(results) - 20} more" if len(results) > 20 else "")
-
-
-def _unstorable(batch: Batch, finished: FinishedItem) -> FinishedItem:
-    """A plain failed entry in place of a result the database refused."""
-    ident: dict[str, Any] = {}
-    with contextlib.suppress(Exception):
-        ident = ident_of(codec.decode_item(finished.entry))
-    details = "the database refused this item's result; see the worker's log"
-    return failure(batch.job_type, finished.index, ident, "UnstorableResult", details)
