@@ -176,3 +176,6 @@ async def test_results_the_database_refuses_fail_alone_and_the_job_completes(
     assert (entries[1]["id"], entries[1]["error"]) == (1, "UnstorableResult")
     assert entries[2]["text"] == "B"
     assert f"job {row.id} item 1: the database refused its result" in caplog.text
+    refusals = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(refusals) == 1  # logged once, with the database's error
+    assert refusals[0].exc_info is not None and "character varying" in str(refusals[0].exc_info[1])
