@@ -59,7 +59,7 @@ from joblot.params import (
 from joblot.service import Service
 from joblot.status_cache import Prepared, Statuses, StatusLane
 from joblot.store import JobRow, Page
-from joblot.waits import Ended, Wait, Waits, guarded
+from joblot.waits import Ended, ShuttingDown, Wait, Waits, guarded
 from joblot.watcher import Batched, Watcher
 
 log = logging.getLogger("joblot.api")
@@ -220,6 +220,8 @@ class Routes:
         async with self.waits.holding(caller_of(request)) as held:
             try:
                 return await held.race(self._wait_for_change(tenant, job_id, given, wait))
+            except ShuttingDown:  # answered as at the deadline: the client polls again
+                return await self._shared_versions((tenant, job_id))
             except Ended:
                 raise Unauthorized("the token of this request was revoked") from None
 
@@ -501,7 +503,7 @@ def create_app(
                 await on_close()
 
     routes = Routes(service, auth_clock)
-    return Starlette(
+    app = Starlette(
         routes=[*_routes(routes), *Dashboard().routes()],
         middleware=[
             # first: a status read costs no router and no other middleware
@@ -522,3 +524,6 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # A server that stops ends its open streams and long polls first (see server.Server).
+    app.state.end_waits = routes.waits.shut
+    return app

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 import uvloop
@@ -298,6 +299,20 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, which first ends the event streams and long polls it holds when asked
+    to stop: they would otherwise keep their connections, and the shutdown, open for as long as
+    their clients stay."""
+
+    def __init__(self, config: uvicorn.Config, *, before_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._before_shutdown()
+        await super().shutdown(sockets)
+
+
 def serve(settings: Settings) -> None:
     """The HTTP API in this process plus `settings.workers` worker processes."""
     app = load_app(settings.app)
@@ -334,10 +349,9 @@ def serve(settings: Settings) -> None:
     # without workers still purges expired jobs.
     maintenance = Maintenance(service)
     deliverer = Deliverer(service)  # so that a deployment without workers delivers too
+    api = create_app(service, on_close=on_close, background=[maintenance.run, deliverer.run])
     config = uvicorn.Config(
-        quiet_errors(
-            create_app(service, on_close=on_close, background=[maintenance.run, deliverer.run])
-        ),
+        quiet_errors(api),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -350,7 +364,8 @@ def serve(settings: Settings) -> None:
     )
     try:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(uvicorn.Server(config).serve(sockets=[sock]))
+        server = Server(config, before_shutdown=api.state.end_waits)
+        loop.run_until_complete(server.serve(sockets=[sock]))
     finally:
         pool.stop()
         loop.close()

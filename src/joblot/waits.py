@@ -28,12 +28,18 @@ class Ended(Exception):
     """The wait was ended: its token was revoked, or the server closed to callers without one."""
 
 
+class ShuttingDown(Ended):
+    """The wait was ended because this server is stopping: the caller did nothing wrong and
+    should come back (a stream resumes with Last-Event-ID, a long poll is answered as is)."""
+
+
 class Wait:
     """One open stream or long poll, for one caller; `ended` is set when it must stop."""
 
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
         self.ended = asyncio.Event()
+        self.shutting_down = False  # ended by the server's shutdown, not by revocation
 
     async def race(self, awaitable: Awaitable[T]) -> T:
         """`awaitable`'s result, unless the wait ends first: then Ended (and it is cancelled)."""
@@ -48,7 +54,7 @@ class Wait:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
         if not work.done() or work.cancelled():
-            raise Ended()
+            raise ShuttingDown() if self.shutting_down else Ended()
         return work.result()
 
 
@@ -93,6 +99,15 @@ class Waits:
         finally:
             self.close(wait)
 
+    def shut(self) -> None:
+        """End every wait held now, for the server is stopping: streams end without an error
+        event (clients resume elsewhere or after the restart) and long polls answer what they
+        have, so their connections close instead of holding the shutdown up."""
+        for held in self._held.values():
+            for wait in held:
+                wait.shutting_down = True
+                wait.ended.set()
+
     def count(self) -> int:
         """How many waits are held."""
         return sum(len(held) for held in self._held.values())
@@ -126,13 +141,14 @@ class Waits:
 
 
 async def guarded(wait: Wait, events: AsyncIterator[bytes], ending: bytes) -> AsyncIterator[bytes]:
-    """`events` until they end or `wait` does; then `ending` is the last chunk sent."""
+    """`events` until they end or `wait` does; then `ending` is the last chunk sent (unless the
+    server is stopping: then the stream just ends)."""
     chunks = aiter(events)
     try:
         while True:
             try:
                 chunk = await wait.race(anext(chunks))
-            except StopAsyncIteration:
+            except (StopAsyncIteration, ShuttingDown):
                 return
             except Ended:
                 yield ending
