@@ -119,6 +119,7 @@ class Batch:
         self.aborted: str | None = None  # the reason of the first item that aborted the job
         self.aborted_entries: list[FinishedItem] = []  # reported together with the abort
         self.stopped = False  # no new item starts once set
+        self.hand_back_at = float("inf")  # nor after this (time.monotonic()): see the worker
         self.runners: list[Runner] = []
         self.accounted = 0  # items with a result (recorded, timed out or aborted)
         self.busy_seconds = 0.0  # handler time of the items recorded, for the claim size
@@ -143,6 +144,8 @@ class Batch:
         with self.lock:
             if self.stopped or runner.abandoned or not self.todo:
                 return None
+            if time.monotonic() > self.hand_back_at:
+                return None  # the rest goes back to the queue
             item = self.todo.popleft()
             runner.item = item
             runner.started = time.monotonic()

@@ -25,7 +25,7 @@ from joblot.batch import Batch, ItemTimedOut, Runner
 from joblot.delivery import Deliverer
 from joblot.errors import JoblotError, Unavailable
 from joblot.maintenance import Maintenance
-from joblot.pacing import Pacer
+from joblot.pacing import TARGET_BATCH_SECONDS, Pacer
 from joblot.reporting import Reporter, log_fields
 from joblot.service import Service
 from joblot.store import NO_LIMITS, Claim, TypeLimits
@@ -37,6 +37,10 @@ UNAVAILABLE_PAUSE_SECONDS = 0.5  # between claims while the database cannot be r
 # An async handler is cancelled at its timeout; one that ignores the cancellation this long
 # is given up like a stuck thread.
 ASYNC_GRACE_SECONDS = 1.0
+# A batch starts items for at most this long (twice what claims aim at), then hands back
+# those it has not started: a type measured fast may turn slow (its items differ from job to
+# job), and its claim must not keep its items, and other jobs, waiting.
+MAX_BATCH_SECONDS = 2 * TARGET_BATCH_SECONDS
 EXIT_REPLACE = 3  # exit status of a worker that stopped because a handler thread is stuck
 
 
@@ -274,6 +278,7 @@ class Worker:
         """Up to `concurrency` runners, each taking the batch's items one after another:
         threads for a sync handler, tasks on this loop for an async one."""
         loop = asyncio.get_running_loop()
+        batch.hand_back_at = time.monotonic() + MAX_BATCH_SECONDS
         runners: dict[asyncio.Future[None], Runner] = {}
         for _ in range(min(self.concurrency, len(batch.claim.items))):
             runner = batch.runner()

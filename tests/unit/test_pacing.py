@@ -3,8 +3,12 @@ next turn comes after the time its claim is expected to take, twice over."""
 
 from __future__ import annotations
 
+import time
+
+from joblot.app import Context, JobType
+from joblot.batch import Batch
 from joblot.pacing import TARGET_BATCH_SECONDS, Pacer
-from joblot.store import Pace
+from joblot.store import Claim, ClaimedItem, Pace
 from joblot.store.common import claim_size, next_turn
 
 
@@ -41,3 +45,14 @@ def test_a_claim_takes_its_types_pace_else_the_limit() -> None:
     assert claim_size("a", 10, None) == 10
     assert claim_size("a", 10, {"a": Pace(300)}) == 300
     assert claim_size("b", 10, {"a": Pace(300)}) == 10
+
+
+def test_a_batch_past_its_time_starts_nothing_more_and_keeps_the_rest_to_hand_back() -> None:
+    claim = Claim(1, "job", "t", [ClaimedItem(i, b"{}", 1) for i in range(3)])
+    batch = Batch(claim, JobType("t", lambda item, ctx: None), timeout=60.0)
+    runner = batch.runner()
+    assert batch.start(runner) is not None
+    batch.record(runner, {}, Context("job", "t", 0, 1))
+    batch.hand_back_at = time.monotonic() - 0.001  # MAX_BATCH_SECONDS have passed
+    assert batch.start(runner) is None
+    assert batch.leftover == 2  # the worker hands these back with the lease
