@@ -1,4 +1,4 @@
-"""Status reads that cost no query: the rendered statuses of settled jobs, kept in memory.
+"""Plain status reads, answered in front of the router; settled jobs' statuses kept in memory.
 
 A settled job (completed, or failed with every item finished) never changes again: no
 worker holds any of its items, so no result, count or message of it can still arrive, and
@@ -6,7 +6,7 @@ nothing else writes its row. Only the purge deletes it, and only after it expire
 each kept status remembers: past that instant it is read from the database again (and found
 missing). So answering a settled job from memory never returns a status older than the last
 committed change, in this process or any other. Jobs that may still change are read from
-the database on every request, as before.
+the database on every request.
 
 `StatusLane` answers every plain `GET /api/v2/job_statuses/{id}` (not a long poll) in front
 of the app's middleware and router, after the same authentication: a status read is most of
