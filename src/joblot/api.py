@@ -39,7 +39,7 @@ from joblot.errors import (
     RecordNotFound,
     Unauthorized,
 )
-from joblot.events import status_events, tenant_events
+from joblot.events import SharedReads, status_events, tenant_events
 from joblot.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware, exposition
 from joblot.models import API_PREFIX, MAX_SHOW_MANY, status_url
 from joblot.openapi import openapi_document
@@ -60,7 +60,7 @@ from joblot.service import Service
 from joblot.status_cache import Prepared, Statuses, StatusLane
 from joblot.store import JobRow, Page
 from joblot.waits import Ended, ShuttingDown, Wait, Waits, guarded
-from joblot.watcher import Batched, Watcher
+from joblot.watcher import Watcher
 
 log = logging.getLogger("joblot.api")
 
@@ -132,12 +132,7 @@ class Routes:
         self.waits = Waits(self.auth, service.settings.max_streams_per_token)
         self.statuses = Statuses(service)
         self.watcher = Watcher(service.store)  # shared by every long poll and event stream
-        self._shared_versions: Batched[tuple[str, str], int] = Batched(
-            lambda key: service.job_version(*key)
-        )
-        self._shared_jobs: Batched[tuple[str, str], JobRow] = Batched(
-            lambda key: service.get_job(*key)
-        )
+        self.reads = SharedReads(service)  # what waiters read, shared when made at once
 
     def stream(
         self, request: Request, events: AsyncIterator[bytes], headers: dict[str, str]
@@ -204,24 +199,24 @@ class Routes:
         if etag(job_id, version) in tags(given):
             return Response(status_code=304, headers={"ETag": etag(job_id, version)})
         base = base_url(request, self.service)
-        # woken with many others, maybe: one read for all
-        row = await self._shared_jobs((tenant, job_id))
-        headers = {"ETag": etag(row.id, row.version), "Cache-Control": "no-cache"}
-        return JSONResponse(status_body(row, base), headers=headers)
+        # woken with many others, maybe: one read and one rendering for all
+        version, body = await self.reads.body(tenant, job_id, base)
+        headers = {"ETag": etag(job_id, version), "Cache-Control": "no-cache"}
+        return Response(body, headers=headers, media_type=JSONResponse.media_type)
 
     async def _long_poll(
         self, request: Request, tenant: str, job_id: str, given: str, wait: float
     ) -> int:
         """The job's version now; if it is one of the ETags `given`, once it changes or `wait`
         seconds pass. Long polls of one job that arrive (or wake) together share their reads."""
-        version = await self._shared_versions((tenant, job_id))
+        version = await self.reads.version(tenant, job_id)
         if etag(job_id, version) not in tags(given):
             return version
         async with self.waits.holding(caller_of(request)) as held:
             try:
                 return await held.race(self._wait_for_change(tenant, job_id, given, wait))
             except ShuttingDown:  # answered as at the deadline: the client polls again
-                return await self._shared_versions((tenant, job_id))
+                return await self.reads.version(tenant, job_id)
             except Ended:
                 raise Unauthorized("the token of this request was revoked") from None
 
@@ -229,21 +224,20 @@ class Routes:
         """Hold a long poll until the version differs from the ETags given or `wait` passes;
         the watcher wakes it, so an unchanged job costs no query while it waits."""
         deadline = time.monotonic() + wait
-        key = (tenant, job_id)
         with self.watcher.job(job_id) as ticket:
-            version = await self._shared_versions(key)  # again, now that it is watched
+            version = await self.reads.version(tenant, job_id)  # again, now that it is watched
             while etag(job_id, version) in tags(given):
                 if not await ticket.wait(deadline - time.monotonic()):
-                    return await self._shared_versions(key)
+                    return await self.reads.version(tenant, job_id)
                 reported = ticket.version  # None: woken without news, so read it
-                version = await self._shared_versions(key) if reported is None else reported
+                version = await self.reads.version(tenant, job_id) if reported is None else reported
             return version
 
     async def job_events(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/{id}/events: status changes as Server-Sent Events."""
         tenant = tenant_of(request)
         job_id = job_id_param(request)
-        await self.service.job_version(tenant, job_id)  # a 404 before the stream starts
+        await self.reads.version(tenant, job_id)  # a 404 before the stream starts
         raw = request.headers.get("last-event-id", "")
         last_seen = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 18 else None
         base = base_url(request, self.service)
@@ -252,7 +246,7 @@ class Routes:
             return status_body(row, base)
 
         stream = status_events(
-            self.service,
+            self.reads,
             self.watcher,
             tenant,
             job_id,
@@ -274,7 +268,7 @@ class Routes:
             return status_body(row, base)
 
         stream = tenant_events(
-            self.service,
+            self.reads,
             self.watcher,
             tenant_of(request),
             position=position,

@@ -10,15 +10,60 @@ from typing import Any
 
 import orjson
 
+from joblot.bodies import status_body
 from joblot.errors import JoblotError
 from joblot.service import Service
 from joblot.store import Changes, JobRow
-from joblot.watcher import Watcher
+from joblot.watcher import Batched, Watcher
 
 RETRY_MILLIS = 1000  # how soon an EventSource reconnects (with Last-Event-ID) if cut off
 KEEPALIVE = b": keep-alive\n\n"  # sent when quiet (`keepalive_seconds`), so proxies keep it open
 
 Render = Callable[[JobRow], dict[str, Any]]
+
+
+class SharedReads:
+    """The reads of waiters, shared by those that make the same one at the same moment (see
+    Batched): a thousand streams opened together, or woken by one change, cost a few queries,
+    and each read still starts after its caller asked."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._versions: Batched[tuple[str, str], int] = Batched(
+            lambda key: service.job_version(*key)
+        )
+        self._jobs: Batched[tuple[str, str], JobRow] = Batched(lambda key: service.get_job(*key))
+        self._bodies: Batched[tuple[str, str, str], tuple[int, bytes]] = Batched(self._render)
+        self._positions: Batched[None, str] = Batched(lambda _: service.store.change_position())
+        self._changes: Batched[tuple[str, str], Changes[JobRow]] = Batched(
+            lambda key: service.store.tenant_changes(*key, service.clock())
+        )
+
+    async def version(self, tenant: str, job_id: str) -> int:
+        """The job's version (RecordNotFound if the tenant has no such job)."""
+        return await self._versions((tenant, job_id))
+
+    async def job(self, tenant: str, job_id: str) -> JobRow:
+        """The job (RecordNotFound if the tenant has no such job)."""
+        return await self._jobs((tenant, job_id))
+
+    async def body(self, tenant: str, job_id: str, base: str) -> tuple[int, bytes]:
+        """The job's version and its status body as JSON, with urls under `base`: long polls
+        woken together by one change render it once."""
+        return await self._bodies((tenant, job_id, base))
+
+    async def _render(self, key: tuple[str, str, str]) -> tuple[int, bytes]:
+        tenant, job_id, base = key
+        row = await self.service.get_job(tenant, job_id)
+        return row.version, orjson.dumps(status_body(row, base))
+
+    async def position(self) -> str:
+        """The change position of now."""
+        return await self._positions(None)
+
+    async def tenant_changes(self, tenant: str, position: str) -> Changes[JobRow]:
+        """The tenant's jobs changed since `position`, and the position after them."""
+        return await self._changes((tenant, position))
 
 
 def event(row: JobRow, render: Render, event_id: bytes | None) -> bytes:
@@ -36,7 +81,7 @@ def error_event(exc: JoblotError) -> bytes:
 
 
 async def status_events(
-    service: Service,
+    reads: SharedReads,
     watcher: Watcher,
     tenant: str,
     job_id: str,
@@ -55,7 +100,7 @@ async def status_events(
         while True:
             if known is None or known != sent:
                 try:
-                    row = await service.get_job(tenant, job_id)
+                    row = await reads.job(tenant, job_id)
                 except JoblotError as exc:
                     yield error_event(exc)
                     return
@@ -71,7 +116,7 @@ async def status_events(
 
 
 async def tenant_events(
-    service: Service,
+    reads: SharedReads,
     watcher: Watcher,
     tenant: str,
     *,
@@ -89,7 +134,7 @@ async def tenant_events(
     with watcher.tenant(tenant) as ticket:
         if position is None:
             try:
-                position = await service.store.change_position()
+                position = await reads.position()
             except JoblotError as exc:
                 yield error_event(exc)
                 return
@@ -99,7 +144,7 @@ async def tenant_events(
         while True:
             if look:
                 try:
-                    changes = await service.store.tenant_changes(tenant, position, service.clock())
+                    changes = await reads.tenant_changes(tenant, position)
                 except JoblotError:  # the database is away: look again soon, stay open
                     changes = None
                 else:

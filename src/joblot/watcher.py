@@ -42,7 +42,8 @@ class Ticket:
     async def wait(self, timeout: float) -> bool:
         """Whether it was woken within `timeout` seconds (since the last wait returned)."""
         try:
-            await asyncio.wait_for(self._woken.wait(), max(0.0, timeout))
+            async with asyncio.timeout(max(0.0, timeout)):  # no task of its own, unlike wait_for
+                await self._woken.wait()
         except TimeoutError:
             return False
         self._woken.clear()
