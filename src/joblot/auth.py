@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -151,7 +152,9 @@ class Authenticator:
     """Turns an Authorization header into the caller a request acts for.
 
     Lookups are cached for CACHE_SECONDS of `clock` (monotonic seconds), so a poll costs no
-    query and a revoked token stops working within that time.
+    query and a revoked token stops working within that time. Requests that find a token's
+    lookup out of date together share one query (the first one's), instead of each sending
+    its own to the database at the same moment.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class Authenticator:
         self.loopback = is_loopback(settings.host)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._finding: dict[str, asyncio.Future[tuple[str, str] | None]] = {}
         self._count: tuple[float, TokenCount] | None = None
 
     async def caller(self, authorization: str | None) -> Caller:
@@ -211,8 +215,22 @@ class Authenticator:
         cached = self._cache.get(token_digest)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
+        finding = self._finding.get(token_digest)
+        if finding is None:  # no lookup of this token under way: start one
+            finding = asyncio.ensure_future(self._look_up(token_digest, now))
+            self._finding[token_digest] = finding
+            finding.add_done_callback(lambda done: self._found(token_digest, done))
+        # shielded: a caller that goes away does not cancel the lookup the others await
+        return await asyncio.shield(finding)
+
+    async def _look_up(self, token_digest: str, now: float) -> tuple[str, str] | None:
         found = await self.tokens.find_token(token_digest)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[token_digest] = (now, found)
+        self._cache[token_digest] = (now, found)  # as of when it was asked, not answered
         return found
+
+    def _found(self, token_digest: str, done: asyncio.Future[tuple[str, str] | None]) -> None:
+        self._finding.pop(token_digest, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone (it raised to them)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from joblot.auth import mint_token
+from joblot.auth import CACHE_SECONDS, Authenticator, mint_token
+from joblot.errors import Unauthorized
+from joblot.service import Service
 
-from .harness import Harness, harness
+from .harness import Harness, SteppedClock, harness
 
 pytestmark = pytest.mark.anyio
 JOB = {"job": {"job_type": "demo.echo", "items": [{"id": 1}]}}
@@ -121,6 +123,36 @@ async def test_a_revoked_token_stops_working(tmp_path: Path) -> None:
         assert not await h.service.store.revoke_token(token_id, time.time())
         h.clock.advance(2.1)  # tokens are cached for 2 s
         assert (await h.http.get("/api/v2/job_statuses", headers=_bearer(token))).status_code == 401
+
+
+class CountingService(Service):
+    """The real service, counting the token lookups that reach its database."""
+
+    finds = 0
+
+    async def find_token(self, digest: str) -> tuple[str, str] | None:
+        self.finds += 1
+        return await super().find_token(digest)
+
+
+async def test_requests_whose_token_lookup_is_out_of_date_together_share_one_query(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as h:
+        token_id, token = await _token(h, "acme")
+        service = CountingService(h.service.store, h.service.app, h.service.settings)
+        clock = SteppedClock()
+        auth = Authenticator(service, h.service.settings, clock)
+        header = _bearer(token)["Authorization"]
+        for lookups in (1, 2):  # the second time, the first lookup is out of date
+            callers = await asyncio.gather(*(auth.caller(header) for _ in range(50)))
+            assert {c.tenant for c in callers} == {"acme"} and service.finds == lookups
+            clock.advance(CACHE_SECONDS)
+        assert await h.service.store.revoke_token(token_id, time.time())
+        refused = await asyncio.gather(
+            *(auth.caller(header) for _ in range(50)), return_exceptions=True
+        )
+        assert all(isinstance(r, Unauthorized) for r in refused) and service.finds == 3
 
 
 async def test_a_tenant_may_have_only_so_many_unfinished_jobs(tmp_path: Path) -> None:
