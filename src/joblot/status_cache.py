@@ -35,6 +35,7 @@ from joblot.service import Service
 from joblot.store import JobRow
 
 CACHE_BYTES = 32 * 1024 * 1024  # rendered bodies kept per API process, oldest dropped first
+MAX_ORIGINS = 1000  # request origins whose base URL is remembered
 ROUTE = f"{API_PREFIX}/job_statuses/{{id}}"  # the metrics label of the route
 _PATH = re.compile(re.escape(API_PREFIX) + r"/job_statuses/([0-9a-f]{32})(?:\.json)?")
 _WANTED = frozenset((b"authorization", b"if-none-match", b"prefer"))
@@ -146,14 +147,24 @@ class Statuses:
         self.service = service
         self.cache = cache if cache is not None else StatusCache()
         self.public_url = service.settings.public_url
+        self._bases: dict[Hashable, str] = {}
 
     def where(self, scope: Scope) -> Hashable:
         """The cache key's part for the request: what its statuses' `url`s depend on."""
         return None if self.public_url else origin(scope)
 
     def base(self, scope: Scope) -> str:
-        """The absolute base of JobStatus urls: the configured public URL, else the request's."""
-        return (self.public_url or str(Request(scope).base_url)).rstrip("/")
+        """The absolute base of JobStatus urls: the configured public URL, else the request's
+        (remembered by origin: working it out costs more than the rest of a read)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        where = origin(scope)
+        found = self._bases.get(where)
+        if found is None:
+            if len(self._bases) >= MAX_ORIGINS:  # Host headers are the clients' to choose
+                self._bases.clear()
+            found = self._bases[where] = str(Request(scope).base_url).rstrip("/")
+        return found
 
     def kept(self, scope: Scope, job_id: str) -> Rendered | None:
         """The job's kept status, for whichever tenant owns it (the caller must check)."""
