@@ -126,7 +126,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[tuple[str, str], list[f
 def render(
     found: dict[tuple[str, str], list[float]], args: argparse.Namespace, header: list[str]
 ) -> str:
-    lines = ["## joblot bench/fairness.py", "", *(f"- {line}" for line in header), ""]
+    lines = ["## joblot bench/fairness.py", "", *header, ""]
     lines.append(
         f"`--workers {args.workers}`, {args.fast} fast items, slow job of {args.slow} x 1 s, "
         f"small job of {args.small} behind {args.big}; submit → completed, seconds"
