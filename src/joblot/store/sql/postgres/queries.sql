@@ -254,10 +254,14 @@ ORDER BY claimed_at LIMIT 1;
 
 -- name: claim_items.has_due
 -- Whether a job has an item a claim can take now: its pending items may all be waiting to
--- be retried later (`due_at`), and then the claim passes it over.
-SELECT 1 FROM items
-WHERE job_id = %(job_id)s AND state = 'pending' AND (due_at IS NULL OR due_at <= %(now)s)
-LIMIT 1;
+-- be retried later (`due_at`), and then the claim passes it over. Its `pending` is compared
+-- with the items not due yet, counted through items_waiting (only items ever put off), so
+-- that the job's other items are not read.
+SELECT 1 FROM jobs
+WHERE id = %(job_id)s AND pending > (
+    SELECT count(*) FROM items
+    WHERE job_id = %(job_id)s AND state = 'pending' AND due_at IS NOT NULL AND due_at > %(now)s
+);
 
 -- name: claim_items.insert_lease
 INSERT INTO leases (job_id, worker_id, expires_at, job_type)
