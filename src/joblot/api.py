@@ -40,6 +40,7 @@ from joblot.errors import (
     Unauthorized,
 )
 from joblot.events import SharedReads, status_events, tenant_events
+from joblot.feeds import Feeds
 from joblot.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware, exposition
 from joblot.models import API_PREFIX, MAX_SHOW_MANY, status_url
 from joblot.openapi import openapi_document
@@ -133,6 +134,7 @@ class Routes:
         self.statuses = Statuses(service)
         self.watcher = Watcher(service.store)  # shared by every long poll and event stream
         self.reads = SharedReads(service)  # what waiters read, shared when made at once
+        self.feeds = Feeds(service, self.watcher)  # one reader per tenant for its streams
 
     def stream(
         self, request: Request, events: AsyncIterator[bytes], headers: dict[str, str]
@@ -269,7 +271,7 @@ class Routes:
 
         stream = tenant_events(
             self.reads,
-            self.watcher,
+            self.feeds,
             tenant_of(request),
             position=position,
             render=render,

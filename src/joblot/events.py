@@ -4,14 +4,14 @@ idle stream costs no query."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import orjson
 
 from joblot.bodies import status_body
 from joblot.errors import JoblotError
+from joblot.feeds import Feeds, FellBehind
 from joblot.service import Service
 from joblot.store import Changes, JobRow
 from joblot.watcher import Batched, Watcher
@@ -117,7 +117,7 @@ async def status_events(
 
 async def tenant_events(
     reads: SharedReads,
-    watcher: Watcher,
+    feeds: Feeds,
     tenant: str,
     *,
     position: str | None,
@@ -127,35 +127,36 @@ async def tenant_events(
     """Each change of any of the tenant's jobs (new ones included) as it comes, from
     `position` on (a Last-Event-ID) or from now; never ends on its own. Each job comes in its
     latest state: several changes of one job between two looks are one event. The id of the
-    last event of each look is the position after it (`id:` alone when nothing changed yet),
-    so a client that reconnects with it misses nothing; one cut off in the middle of a look
-    gets that look again."""
+    last event of each look is a position up to which every change was sent (`id:` alone
+    at the start), so a client that reconnects with it misses nothing; one cut off in the
+    middle of a look gets that look again. The changes come from the tenant's Feed, read
+    once for every stream of the tenant in this process."""
     yield b"retry: %d\n\n" % RETRY_MILLIS
-    with watcher.tenant(tenant) as ticket:
+    async with feeds.joined(tenant) as subscription:
         if position is None:
+            yield b"id: %s\n\n" % subscription.position.encode()
+        else:  # what changed while the client was away: this stream's own read, once
             try:
-                position = await reads.position()
+                missed = await reads.tenant_changes(tenant, position)
             except JoblotError as exc:
                 yield error_event(exc)
                 return
-            yield b"id: %s\n\n" % position.encode()
-        quiet_since, look = time.monotonic(), True
-        changes: Changes[JobRow] | None = None
+            for chunk in _events(missed, render):
+                yield chunk
         while True:
-            if look:
-                try:
-                    changes = await reads.tenant_changes(tenant, position)
-                except JoblotError:  # the database is away: look again soon, stay open
-                    changes = None
-                else:
-                    for n, row in enumerate(changes.rows, start=1):
-                        last = n == len(changes.rows)
-                        yield event(row, render, changes.position.encode() if last else None)
-                        quiet_since = time.monotonic()
-                    position = changes.position
-            quiet = time.monotonic() - quiet_since
-            timeout = RETRY_MILLIS / 1000 if changes is None else keepalive - quiet
-            look = await ticket.wait(timeout) or changes is None
-            if time.monotonic() - quiet_since >= keepalive:
+            try:
+                batch = await subscription.next(keepalive)
+            except FellBehind:
+                return  # the client resumes from the last id it got
+            if batch is None:
                 yield KEEPALIVE
-                quiet_since = time.monotonic()
+                continue
+            for chunk in _events(batch, render):
+                yield chunk
+
+
+def _events(changes: Changes[JobRow], render: Render) -> Iterator[bytes]:
+    """One event per row, the last with the position after them as its id."""
+    for n, row in enumerate(changes.rows, start=1):
+        last = n == len(changes.rows)
+        yield event(row, render, changes.position.encode() if last else None)
