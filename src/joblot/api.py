@@ -226,9 +226,10 @@ class Routes:
         """Hold a long poll until the version differs from the ETags given or `wait` passes;
         the watcher wakes it, so an unchanged job costs no query while it waits."""
         deadline = time.monotonic() + wait
-        with self.watcher.job(job_id) as ticket:
+        known = tags(given)
+        with self.watcher.job(job_id, lambda v: etag(job_id, v) not in known) as ticket:
             version = await self.reads.version(tenant, job_id)  # again, now that it is watched
-            while etag(job_id, version) in tags(given):
+            while etag(job_id, version) in known:
                 if not await ticket.wait(deadline - time.monotonic()):
                     return await self.reads.version(tenant, job_id)
                 reported = ticket.version  # None: woken without news, so read it

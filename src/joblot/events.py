@@ -95,7 +95,7 @@ async def status_events(
     error ends the stream with an `error` event."""
     yield b"retry: %d\n\n" % RETRY_MILLIS
     sent = last_seen
-    with watcher.job(job_id) as ticket:
+    with watcher.job(job_id, lambda version: version != sent) as ticket:
         known: int | None = None  # the version the watcher last reported, if it did
         while True:
             if known is None or known != sent:

@@ -30,9 +30,12 @@ TICK_SECONDS = 0.1  # how often the watcher looks while anyone waits (where noth
 class Ticket:
     """One waiter's registration with the watcher: woken when what it watches changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, wanted: Callable[[int], bool] | None = None) -> None:
         self._woken = asyncio.Event()
         self.version: int | None = None  # the job's version the last wake-up saw, if known
+        # which versions of its job are news to it (None: all); others do not wake it, so a
+        # thousand long polls waiting past the `working` version sleep through it
+        self.wanted = wanted
 
     def wake(self, version: int | None = None) -> None:
         """Something it watches changed (to `version`, when the watcher knows it)."""
@@ -63,15 +66,16 @@ class Watcher:
         self.looks = 0  # queries made for changes (the benchmark reports them)
 
     @contextlib.contextmanager
-    def job(self, job_id: str) -> Iterator[Ticket]:
-        """A ticket woken whenever the job changes, for the duration of the block."""
-        with self._registered(self._jobs, job_id) as ticket:
+    def job(self, job_id: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Ticket]:
+        """A ticket woken whenever the job changes (to a version `wanted` says is news), for
+        the duration of the block."""
+        with self._registered(self._jobs, job_id, Ticket(wanted)) as ticket:
             yield ticket
 
     @contextlib.contextmanager
     def tenant(self, tenant: str) -> Iterator[Ticket]:
         """A ticket woken whenever any job of the tenant changes or is created."""
-        with self._registered(self._tenants, tenant) as ticket:
+        with self._registered(self._tenants, tenant, Ticket()) as ticket:
             yield ticket
 
     def waiting(self) -> int:
@@ -86,8 +90,9 @@ class Watcher:
                 await self._task
 
     @contextlib.contextmanager
-    def _registered(self, table: dict[str, set[Ticket]], key: str) -> Iterator[Ticket]:
-        ticket = Ticket()
+    def _registered(
+        self, table: dict[str, set[Ticket]], key: str, ticket: Ticket
+    ) -> Iterator[Ticket]:
         table.setdefault(key, set()).add(ticket)
         if self._task is None:
             self._task = asyncio.create_task(self._watch(), name="joblot-watcher")
@@ -131,7 +136,8 @@ class Watcher:
     def _wake(self, changed: Iterable[JobChange]) -> None:
         for change in changed:
             for ticket in self._jobs.get(change.id, ()):
-                ticket.wake(change.version)
+                if ticket.wanted is None or ticket.wanted(change.version):
+                    ticket.wake(change.version)
             for ticket in self._tenants.get(change.tenant, ()):
                 ticket.wake()
 
