@@ -153,8 +153,8 @@ class Authenticator:
 
     Lookups are cached for CACHE_SECONDS of `clock` (monotonic seconds), so a poll costs no
     query and a revoked token stops working within that time. Requests that find a token's
-    lookup out of date together share one query (the first one's), instead of each sending
-    its own to the database at the same moment.
+    lookup (or the token count) out of date together share one query (the first one's),
+    instead of each sending its own to the database at the same moment.
     """
 
     def __init__(
@@ -167,6 +167,7 @@ class Authenticator:
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._finding: dict[str, asyncio.Future[tuple[str, str] | None]] = {}
+        self._counting: asyncio.Future[None] | None = None
         self._count: tuple[float, TokenCount] | None = None
 
     async def caller(self, authorization: str | None) -> Caller:
@@ -200,9 +201,23 @@ class Authenticator:
         """Whether requests without credentials are let in now (`serving_open`); the token
         count is cached like lookups unless `fresh`."""
         now = self.clock()
-        if fresh or self._count is None or now - self._count[0] >= CACHE_SECONDS:
-            self._count = (now, await self.tokens.count_tokens())
+        if fresh:
+            await self._count_tokens(now)
+        elif self._count is None or now - self._count[0] >= CACHE_SECONDS:
+            if self._counting is None:  # as token lookups: one count for all who need it
+                self._counting = asyncio.ensure_future(self._count_tokens(now))
+                self._counting.add_done_callback(self._counted)
+            await asyncio.shield(self._counting)
+        assert self._count is not None
         return serving_open(self._count[1], insecure=self.insecure, loopback=self.loopback)
+
+    async def _count_tokens(self, now: float) -> None:
+        self._count = (now, await self.tokens.count_tokens())
+
+    def _counted(self, done: asyncio.Future[None]) -> None:
+        self._counting = None
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone (it raised to them)
 
     def forget(self, token_ids: set[str]) -> None:
         """Drop cached lookups of these tokens (found revoked), so they fail from now on."""

@@ -11,7 +11,9 @@ import pytest
 
 from joblot.auth import CACHE_SECONDS, Authenticator, mint_token
 from joblot.errors import Unauthorized
+from joblot.models import DEFAULT_TENANT
 from joblot.service import Service
+from joblot.store import TokenCount
 
 from .harness import Harness, SteppedClock, harness
 
@@ -128,11 +130,15 @@ async def test_a_revoked_token_stops_working(tmp_path: Path) -> None:
 class CountingService(Service):
     """The real service, counting the token lookups that reach its database."""
 
-    finds = 0
+    finds = counts = 0
 
     async def find_token(self, digest: str) -> tuple[str, str] | None:
         self.finds += 1
         return await super().find_token(digest)
+
+    async def count_tokens(self) -> TokenCount:
+        self.counts += 1
+        return await super().count_tokens()
 
 
 async def test_requests_whose_token_lookup_is_out_of_date_together_share_one_query(
@@ -153,6 +159,22 @@ async def test_requests_whose_token_lookup_is_out_of_date_together_share_one_que
             *(auth.caller(header) for _ in range(50)), return_exceptions=True
         )
         assert all(isinstance(r, Unauthorized) for r in refused) and service.finds == 3
+
+
+async def test_requests_without_credentials_share_one_count_of_tokens(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        service = CountingService(h.service.store, h.service.app, h.service.settings)
+        clock = SteppedClock()
+        auth = Authenticator(service, h.service.settings, clock)
+        for counts in (1, 2):  # the second time, the first count is out of date
+            callers = await asyncio.gather(*(auth.caller(None) for _ in range(50)))
+            assert {c.tenant for c in callers} == {DEFAULT_TENANT} and service.counts == counts
+            clock.advance(CACHE_SECONDS)
+        await _token(h, "acme")  # from now on, every request needs a token
+        refused = await asyncio.gather(
+            *(auth.caller(None) for _ in range(50)), return_exceptions=True
+        )
+        assert all(isinstance(r, Unauthorized) for r in refused) and service.counts == 3
 
 
 async def test_a_tenant_may_have_only_so_many_unfinished_jobs(tmp_path: Path) -> None:
