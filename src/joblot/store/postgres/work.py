@@ -65,7 +65,8 @@ async def claim_items(
     back and answers None. Claims of one limited type take turns (claim_items.lock_type).
     """
     # The cheap read first: an idle worker on an idle database opens no transaction.
-    found = await fetch_one(conn, "claim_items.any_runnable", {"job_types": job_types})
+    params = {"job_types": job_types, "now": now}
+    found = await fetch_one(conn, "claim_items.any_runnable", params)
     if found is None or not found[0]:
         return None
     try:

@@ -234,10 +234,16 @@ WHERE id = %(id)s;
 
 -- name: claim_items.any_runnable
 -- The cheap read first: an idle worker polling an idle database opens no transaction and
--- locks nothing (a locking read dirties the row even in autocommit).
+-- locks nothing (a locking read dirties the row even in autocommit). A job whose pending items
+-- all wait for a retry does not count (as in claim_items.has_due).
 SELECT EXISTS (
     SELECT 1 FROM jobs
     WHERE pending > 0 AND status IN ('queued', 'working') AND job_type = ANY(%(job_types)s::text[])
+      AND pending > (
+          SELECT count(*) FROM items
+          WHERE job_id = jobs.id AND state = 'pending' AND due_at IS NOT NULL
+            AND due_at > %(now)s
+      )
 );
 
 -- name: claim_items.pick_job
