@@ -3,12 +3,16 @@ stream read. Nothing committed after a position is ever missed by a reader start
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import psycopg
 import pytest
 
 from joblot.demo import make_demo_app
 from joblot.models import DEFAULT_TENANT
 from joblot.store import Store
+from joblot.store.postgres import PostgresStore
 from joblot.transactional import submit_job_in_transaction
 
 from .conftest import Backend
@@ -93,3 +97,20 @@ async def test_a_change_committed_after_a_later_one_was_read_is_not_missed(
     assert [c.id for c in late.rows] == [slow.id]
     replayed = await store.tenant_changes(DEFAULT_TENANT, early.position, T0)
     assert [r.id for r in replayed.rows] == [slow.id]
+
+
+async def test_a_notification_that_came_while_nobody_waited_ends_the_next_wait(
+    backend: Backend, store: Store, open_store: Callable[[], Store]
+) -> None:
+    """An idle worker (or the watcher) that was busy when work was announced does not sleep
+    through it: on PostgreSQL it now looks on its own only once a second."""
+    if backend.name == "sqlite":
+        pytest.skip("differs by necessity: SQLite has no notifications, waiting is a sleep")
+    assert isinstance(store, PostgresStore)
+    assert await store.listening(5.0)
+    await store.wait_for_work(0.01)  # whatever was announced before is seen
+    await store.wait_for_change(0.01)
+    await submit(open_store(), 1)  # another node announces work while nobody here waits
+    await asyncio.sleep(0.2)
+    await asyncio.wait_for(store.wait_for_work(60.0), 10.0)
+    await asyncio.wait_for(store.wait_for_change(60.0), 10.0)
