@@ -227,9 +227,11 @@ SELECT status, message, message_set FROM jobs WHERE id = :id;
 -- An item on its last attempt (its worker vanished `max_attempts - 1` times) is leased alone,
 -- so that if it kills its worker again it fails alone. items_lost holds only items that lost a
 -- worker before, which are few. Differs by necessity from PostgreSQL as lease_items does.
+-- INDEXED BY, here and in lease_items: without statistics SQLite would walk the job's items
+-- by primary key, reading every item already done (or all of them, here) on each claim.
 UPDATE items SET state = 'leased', lease_id = :lease_id, attempts = attempts + 1
 WHERE job_id = :job_id AND idx = (
-    SELECT idx FROM items
+    SELECT idx FROM items INDEXED BY items_lost
     WHERE job_id = :job_id AND state = 'pending' AND attempts > 0 AND attempts >= :last
       AND (due_at IS NULL OR due_at <= :now)
     ORDER BY idx LIMIT 1
@@ -242,7 +244,8 @@ RETURNING idx, payload, attempts, retries;
 -- are left to claim_items.last_attempt.
 UPDATE items SET state = 'leased', lease_id = :lease_id, attempts = attempts + 1
 WHERE job_id = :job_id AND state = 'pending' AND idx IN (
-    SELECT idx FROM items WHERE job_id = :job_id AND state = 'pending' AND attempts < :last
+    SELECT idx FROM items INDEXED BY items_pending
+    WHERE job_id = :job_id AND state = 'pending' AND attempts < :last
       AND (due_at IS NULL OR due_at <= :now)
     ORDER BY idx LIMIT :limit
 )
