@@ -118,6 +118,7 @@ def caller_of(request: Request) -> Caller:
     return caller
 
 
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
 REVOKED_EVENT = b"event: error\ndata: %s\n\n" % orjson.dumps(
     {"error": Unauthorized.name, "description": "the token of this stream was revoked"}
 )
@@ -136,15 +137,21 @@ class Routes:
         self.reads = SharedReads(service)  # what waiters read, shared when made at once
         self.feeds = Feeds(service, self.watcher)  # one reader per tenant for its streams
 
-    def stream(
-        self, request: Request, events: AsyncIterator[bytes], headers: dict[str, str]
-    ) -> Response:
+    def stream(self, request: Request, events: AsyncIterator[bytes]) -> Response:
         """A Server-Sent Events response of `events` for the request's caller. Every stream
         goes through here: it counts against the caller's cap of open streams and long polls,
         and ends (with an `error` event) within 2 s of its token's revocation."""
         wait = self.waits.open(caller_of(request))
         body = guarded(wait, events, REVOKED_EVENT)
-        return HeldStream(body, self.waits, wait, media_type="text/event-stream", headers=headers)
+        return HeldStream(
+            body, self.waits, wait, media_type="text/event-stream", headers=STREAM_HEADERS
+        )
+
+    def renderer(self, request: Request) -> Callable[[JobRow], dict[str, Any]]:
+        """How a stream of this request renders a job: its status body, urls under the
+        request's base URL."""
+        base = base_url(request, self.service)
+        return lambda row: status_body(row, base)
 
     def authenticated(self, endpoint: Endpoint) -> Endpoint:
         """`endpoint` behind authentication: the credentials are checked before anything of
@@ -243,43 +250,31 @@ class Routes:
         await self.reads.version(tenant, job_id)  # a 404 before the stream starts
         raw = request.headers.get("last-event-id", "")
         last_seen = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 18 else None
-        base = base_url(request, self.service)
-
-        def render(row: JobRow) -> dict[str, Any]:
-            return status_body(row, base)
-
         stream = status_events(
             self.reads,
             self.watcher,
             tenant,
             job_id,
             last_seen=last_seen,
-            render=render,
+            render=self.renderer(request),
             keepalive=self.service.settings.keepalive_seconds,
         )
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return self.stream(request, stream, headers)
+        return self.stream(request, stream)
 
     async def tenant_events(self, request: Request) -> Response:
         """GET /api/v2/job_statuses/events: every change of the tenant's jobs (new ones too)
         as Server-Sent Events, `results` null; Last-Event-ID resumes; never ends on its own."""
         raw = request.headers.get("last-event-id", "").strip()
         position = raw if raw and self.service.store.valid_position(raw) else None
-        base = base_url(request, self.service)
-
-        def render(row: JobRow) -> dict[str, Any]:
-            return status_body(row, base)
-
         stream = tenant_events(
             self.reads,
             self.feeds,
             tenant_of(request),
             position=position,
-            render=render,
+            render=self.renderer(request),
             keepalive=self.service.settings.keepalive_seconds,
         )
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return self.stream(request, stream, headers)
+        return self.stream(request, stream)
 
     async def list_jobs(self, request: Request) -> Response:
         """GET /api/v2/job_statuses: cursor-paginated, unfinished jobs first; `status` and
