@@ -17,10 +17,9 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from joblot import export
-from joblot.auth import Authenticator, Caller
+from joblot.auth import Authenticator
 from joblot.bodies import (
     JSONResponse,
     error_response,
@@ -39,8 +38,7 @@ from joblot.errors import (
     RecordNotFound,
     Unauthorized,
 )
-from joblot.events import SharedReads, status_events, tenant_events
-from joblot.feeds import Feeds
+from joblot.following import Following
 from joblot.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware, exposition
 from joblot.models import API_PREFIX, MAX_SHOW_MANY, status_url
 from joblot.openapi import openapi_document
@@ -48,6 +46,7 @@ from joblot.params import (
     INDEX,
     JOB_ID,
     LIST_KEY,
+    base_url,
     decode_cursor,
     job_filter,
     job_id_param,
@@ -56,12 +55,11 @@ from joblot.params import (
     read_json_body,
     success_filter,
     tags,
+    tenant_of,
 )
 from joblot.service import Service
 from joblot.status_cache import Prepared, Statuses, StatusLane
 from joblot.store import JobRow, Page
-from joblot.waits import Ended, ShuttingDown, Wait, Waits, guarded
-from joblot.watcher import Watcher
 
 log = logging.getLogger("joblot.api")
 
@@ -69,28 +67,7 @@ API = API_PREFIX
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
-class HeldStream(StreamingResponse):
-    """A streaming response that holds a wait of its caller until it is over, however it ends
-    (even if it never started because the client had gone)."""
-
-    def __init__(self, body: AsyncIterator[bytes], waits: Waits, wait: Wait, **kwargs: Any) -> None:
-        super().__init__(body, **kwargs)
-        self._waits, self._wait = waits, wait
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._waits.close(self._wait)
-
-
 # -- rendering ------------------------------------------------------------------------------
-
-
-def base_url(request: Request, service: Service) -> str:
-    """The absolute base of JobStatus urls: the configured public URL, else this request's."""
-    configured = service.settings.public_url
-    return (configured or str(request.base_url)).rstrip("/")
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -106,24 +83,6 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
-def tenant_of(request: Request) -> str:
-    """The tenant an authenticated request acts for (set by `Routes.authenticated`)."""
-    tenant: str = request.state.tenant
-    return tenant
-
-
-def caller_of(request: Request) -> Caller:
-    """Who an authenticated request acts for: tenant and token (set by `Routes.authenticated`)."""
-    caller: Caller = request.state.caller
-    return caller
-
-
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
-REVOKED_EVENT = b"event: error\ndata: %s\n\n" % orjson.dumps(
-    {"error": Unauthorized.name, "description": "the token of this stream was revoked"}
-)
-
-
 class Routes:
     """The endpoint functions, bound to one Service."""
 
@@ -131,27 +90,8 @@ class Routes:
         self.service = service
         self.auth = Authenticator(service, service.settings, auth_clock)
         self.http_metrics = HttpMetrics()
-        self.waits = Waits(self.auth, service.settings.max_streams_per_token)
         self.statuses = Statuses(service)
-        self.watcher = Watcher(service.store)  # shared by every long poll and event stream
-        self.reads = SharedReads(service)  # what waiters read, shared when made at once
-        self.feeds = Feeds(service, self.watcher)  # one reader per tenant for its streams
-
-    def stream(self, request: Request, events: AsyncIterator[bytes]) -> Response:
-        """A Server-Sent Events response of `events` for the request's caller. Every stream
-        goes through here: it counts against the caller's cap of open streams and long polls,
-        and ends (with an `error` event) within 2 s of its token's revocation."""
-        wait = self.waits.open(caller_of(request))
-        body = guarded(wait, events, REVOKED_EVENT)
-        return HeldStream(
-            body, self.waits, wait, media_type="text/event-stream", headers=STREAM_HEADERS
-        )
-
-    def renderer(self, request: Request) -> Callable[[JobRow], dict[str, Any]]:
-        """How a stream of this request renders a job: its status body, urls under the
-        request's base URL."""
-        base = base_url(request, self.service)
-        return lambda row: status_body(row, base)
+        self.following = Following(service, self.auth)  # long polls and event streams
 
     def authenticated(self, endpoint: Endpoint) -> Endpoint:
         """`endpoint` behind authentication: the credentials are checked before anything of
@@ -204,77 +144,14 @@ class Routes:
         wait = prefer_wait(request)
         if given is None or not wait:  # a plain read (the StatusLane answers most of them)
             return Prepared(await self.statuses.answer(request.scope, tenant, job_id, given))
-        version = await self._long_poll(request, tenant, job_id, given, wait)
+        version = await self.following.long_poll(request, tenant, job_id, given, wait)
         if etag(job_id, version) in tags(given):
             return Response(status_code=304, headers={"ETag": etag(job_id, version)})
         base = base_url(request, self.service)
         # woken with many others, maybe: one read and one rendering for all
-        version, body = await self.reads.body(tenant, job_id, base)
+        version, body = await self.following.reads.body(tenant, job_id, base)
         headers = {"ETag": etag(job_id, version), "Cache-Control": "no-cache"}
         return Response(body, headers=headers, media_type=JSONResponse.media_type)
-
-    async def _long_poll(
-        self, request: Request, tenant: str, job_id: str, given: str, wait: float
-    ) -> int:
-        """The job's version now; if it is one of the ETags `given`, once it changes or `wait`
-        seconds pass. Long polls of one job that arrive (or wake) together share their reads."""
-        version = await self.reads.version(tenant, job_id)
-        if etag(job_id, version) not in tags(given):
-            return version
-        async with self.waits.holding(caller_of(request)) as held:
-            try:
-                return await held.race(self._wait_for_change(tenant, job_id, given, wait))
-            except ShuttingDown:  # answered as at the deadline: the client polls again
-                return await self.reads.version(tenant, job_id)
-            except Ended:
-                raise Unauthorized("the token of this request was revoked") from None
-
-    async def _wait_for_change(self, tenant: str, job_id: str, given: str, wait: float) -> int:
-        """Hold a long poll until the version differs from the ETags given or `wait` passes;
-        the watcher wakes it, so an unchanged job costs no query while it waits."""
-        deadline = time.monotonic() + wait
-        known = tags(given)
-        with self.watcher.job(job_id, lambda v: etag(job_id, v) not in known) as ticket:
-            version = await self.reads.version(tenant, job_id)  # again, now that it is watched
-            while etag(job_id, version) in known:
-                if not await ticket.wait(deadline - time.monotonic()):
-                    return await self.reads.version(tenant, job_id)
-                reported = ticket.version  # None: woken without news, so read it
-                version = await self.reads.version(tenant, job_id) if reported is None else reported
-            return version
-
-    async def job_events(self, request: Request) -> Response:
-        """GET /api/v2/job_statuses/{id}/events: status changes as Server-Sent Events."""
-        tenant = tenant_of(request)
-        job_id = job_id_param(request)
-        await self.reads.version(tenant, job_id)  # a 404 before the stream starts
-        raw = request.headers.get("last-event-id", "")
-        last_seen = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 18 else None
-        stream = status_events(
-            self.reads,
-            self.watcher,
-            tenant,
-            job_id,
-            last_seen=last_seen,
-            render=self.renderer(request),
-            keepalive=self.service.settings.keepalive_seconds,
-        )
-        return self.stream(request, stream)
-
-    async def tenant_events(self, request: Request) -> Response:
-        """GET /api/v2/job_statuses/events: every change of the tenant's jobs (new ones too)
-        as Server-Sent Events, `results` null; Last-Event-ID resumes; never ends on its own."""
-        raw = request.headers.get("last-event-id", "").strip()
-        position = raw if raw and self.service.store.valid_position(raw) else None
-        stream = tenant_events(
-            self.reads,
-            self.feeds,
-            tenant_of(request),
-            position=position,
-            render=self.renderer(request),
-            keepalive=self.service.settings.keepalive_seconds,
-        )
-        return self.stream(request, stream)
 
     async def list_jobs(self, request: Request) -> Response:
         """GET /api/v2/job_statuses: cursor-paginated, unfinished jobs first; `status` and
@@ -418,7 +295,7 @@ def _routes(r: Routes) -> list[Route]:
         *api(f"{API}/job_statuses", r.list_jobs, "GET"),
         *api(f"{API}/job_statuses/show_many", r.show_many, "GET"),
         # before `{id}`, which `events` would match too
-        *api(f"{API}/job_statuses/events", r.tenant_events, "GET", json_suffix=False),
+        *api(f"{API}/job_statuses/events", r.following.tenant_events, "GET", json_suffix=False),
         *api(f"{API}/job_statuses/{{id}}/results", r.list_results, "GET"),
         *api(
             f"{API}/job_statuses/{{id}}/results/export", r.export_results, "GET", json_suffix=False
@@ -428,7 +305,7 @@ def _routes(r: Routes) -> list[Route]:
         *api(f"{API}/job_statuses/{{id}}/deliveries/redeliver", r.redeliver, "POST"),
         *api(f"{API}/job_statuses/{{id}}/retry", r.retry_job, "POST"),
         # `{id}` below also matches `<id>.json`; job_id_param takes the suffix off
-        *api(f"{API}/job_statuses/{{id}}/events", r.job_events, "GET", json_suffix=False),
+        *api(f"{API}/job_statuses/{{id}}/events", r.following.job_events, "GET", json_suffix=False),
         *api(f"{API}/job_statuses/{{id}}", r.show_job, "GET", json_suffix=False),
         Route("/openapi.json", r.openapi, methods=["GET"]),
         Route("/healthz", r.health, methods=["GET"]),
@@ -490,7 +367,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await routes.watcher.close()
+            await routes.following.close()
             if on_close is not None:
                 await on_close()
 
@@ -517,5 +394,5 @@ def create_app(
         lifespan=lifespan,
     )
     # A server that stops ends its open streams and long polls first (see server.Server).
-    app.state.end_waits = routes.waits.shut
+    app.state.end_waits = routes.following.waits.shut
     return app

@@ -1,4 +1,5 @@
-"""Reading requests: path ids, page parameters, cursors, JSON bodies and HTTP preferences."""
+"""Reading requests: path ids, page parameters, cursors, JSON bodies, HTTP preferences, and
+who an authenticated request acts for."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from joblot.auth import Caller
 from joblot.errors import (
     InvalidJSON,
     InvalidParameter,
@@ -21,6 +23,7 @@ from joblot.errors import (
     UnsupportedMediaType,
 )
 from joblot.models import MAX_JOB_TYPE_LENGTH, MAX_PAGE_SIZE, Status
+from joblot.service import Service
 from joblot.store import ANY_JOB, JobFilter
 
 MAX_WAIT_SECONDS = 60
@@ -175,3 +178,24 @@ def prefer_wait(request: Request) -> float:
 def tags(header: str) -> set[str]:
     """The entity tags of an If-None-Match header, weak ones compared as strong."""
     return {t.strip().removeprefix("W/") for t in header.split(",")}
+
+
+# -- what authentication and configuration left on a request -----------------------------
+
+
+def base_url(request: Request, service: Service) -> str:
+    """The absolute base of JobStatus urls: the configured public URL, else this request's."""
+    configured = service.settings.public_url
+    return (configured or str(request.base_url)).rstrip("/")
+
+
+def tenant_of(request: Request) -> str:
+    """The tenant an authenticated request acts for (set by `Routes.authenticated`)."""
+    tenant: str = request.state.tenant
+    return tenant
+
+
+def caller_of(request: Request) -> Caller:
+    """Who an authenticated request acts for: tenant and token (set by `Routes.authenticated`)."""
+    caller: Caller = request.state.caller
+    return caller
