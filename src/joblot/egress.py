@@ -92,6 +92,11 @@ async def resolve(host: str, port: int, *, allow_private: bool) -> list[str]:
         )
     except (OSError, UnicodeError, TimeoutError) as exc:
         raise UnsafeDestination(f"its host {host!r} does not resolve ({exc})") from None
+    return _addresses(host, found, allow_private=allow_private)
+
+
+def _addresses(host: str, found: Iterable[Any], *, allow_private: bool) -> list[str]:
+    """The addresses of getaddrinfo's answer, once each, checked as `resolve` says."""
     addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
     if not allow_private:
         refuse_private(host, addresses)
@@ -110,13 +115,18 @@ def refuse_private(host: str, addresses: Iterable[str]) -> None:
             )
 
 
+def _destination(url: Any) -> tuple[str, int]:
+    """The host and port a callback URL names, its syntax checked (UnsafeDestination)."""
+    parts = check_syntax(url)
+    assert parts.hostname is not None  # checked by check_syntax
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
 async def check_callback_url(url: Any, *, allow_private: bool) -> str:
     """`url` if joblot may deliver to it; RecordInvalid naming the problem otherwise."""
     try:
-        parts = check_syntax(url)
-        assert parts.hostname is not None  # checked by check_syntax
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        await resolve(parts.hostname, port, allow_private=allow_private)
+        host, port = _destination(url)
+        await resolve(host, port, allow_private=allow_private)
     except UnsafeDestination as exc:
         raise RecordInvalid(f'"callback_url" is refused: {exc}') from None
     assert isinstance(url, str)
@@ -126,17 +136,12 @@ async def check_callback_url(url: Any, *, allow_private: bool) -> str:
 def check_callback_url_blocking(url: Any, *, allow_private: bool) -> str:
     """`check_callback_url` for a caller without an event loop (it blocks while resolving)."""
     try:
-        parts = check_syntax(url)
-        assert parts.hostname is not None  # checked by check_syntax
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host, port = _destination(url)
         try:
-            found = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
-            raise UnsafeDestination(
-                f"its host {parts.hostname!r} does not resolve ({exc})"
-            ) from None
-        if not allow_private:
-            refuse_private(parts.hostname, (str(info[4][0]) for info in found))
+            raise UnsafeDestination(f"its host {host!r} does not resolve ({exc})") from None
+        _addresses(host, found, allow_private=allow_private)
     except UnsafeDestination as exc:
         raise RecordInvalid(f'"callback_url" is refused: {exc}') from None
     assert isinstance(url, str)
