@@ -34,7 +34,6 @@ class SharedReads:
         )
         self._jobs: Batched[tuple[str, str], JobRow] = Batched(lambda key: service.get_job(*key))
         self._bodies: Batched[tuple[str, str, str], tuple[int, bytes]] = Batched(self._render)
-        self._positions: Batched[None, str] = Batched(lambda _: service.store.change_position())
         self._changes: Batched[tuple[str, str], Changes[JobRow]] = Batched(
             lambda key: service.store.tenant_changes(*key, service.clock())
         )
@@ -56,10 +55,6 @@ class SharedReads:
         tenant, job_id, base = key
         row = await self.service.get_job(tenant, job_id)
         return row.version, orjson.dumps(status_body(row, base))
-
-    async def position(self) -> str:
-        """The change position of now."""
-        return await self._positions(None)
 
     async def tenant_changes(self, tenant: str, position: str) -> Changes[JobRow]:
         """The tenant's jobs changed since `position`, and the position after them."""
