@@ -184,6 +184,18 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def start_worker(db_url: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A `joblot worker` process of its own (in a session of its own), logging to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [JOBLOT, "worker", "--db", db_url],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def count_rows(db_url: str, table: str, job_id: str, where: str = "") -> int:
     """How many rows of `table` belong to `job_id` right now, read from the database itself."""
     condition = f" AND {where}" if where else ""

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from playwright.sync_api import (
 
 from integration.receiver import Receiver, Reply
 
-from .conftest import JOBLOT, run_cli
+from .conftest import run_cli, start_worker
 
 CHROMIUM = os.environ.get("JOBLOT_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -349,14 +348,7 @@ def test_the_list_follows_the_tenant_stream_a_new_job_appears_and_fills_up_witho
     job = server.submit("demo.sleep", [{"id": i, "seconds": 0.2} for i in range(5)])
     row = visitor.row(job["id"])
     expect(row).to_contain_text("queued")  # appeared without a reload
-    with (tmp_path / "worker.log").open("ab") as out:
-        worker = subprocess.Popen(
-            [JOBLOT, "worker", "--db", server.db],
-            env=joblot_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    worker = start_worker(server.db, joblot_env, tmp_path / "worker.log")
     try:
         expect(row.locator("progress")).to_have_attribute("value", "5")
         expect(row).to_contain_text("completed")

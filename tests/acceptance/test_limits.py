@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import JOBLOT
+from .conftest import start_worker
 
 LIMITED_APP = "acceptance.limited:app"
 
@@ -80,7 +79,7 @@ def test_a_killed_worker_frees_its_limited_items_when_its_lease_lapses(
     items += [{"id": i} for i in range(2, 6)]
     job = server.submit("limits.pair", items)
     env = {**joblot_env, "JOBLOT_APP": LIMITED_APP}
-    doomed = _worker(db_url, env, tmp_path / "doomed.log")
+    doomed = start_worker(db_url, env, tmp_path / "doomed.log")
     try:
         _wait_until(lambda: server.status(job["id"])["status"] == "working", 30)
         time.sleep(0.5)  # it holds both slots, its two items hanging
@@ -89,7 +88,7 @@ def test_a_killed_worker_frees_its_limited_items_when_its_lease_lapses(
         os.killpg(doomed.pid, signal.SIGKILL)
         doomed.wait()
     killed_at = time.monotonic()
-    rescuer = _worker(db_url, env, tmp_path / "rescuer.log")
+    rescuer = start_worker(db_url, env, tmp_path / "rescuer.log")
     try:
         status = server.wait(job["id"], timeout=60)
     finally:
@@ -99,17 +98,6 @@ def test_a_killed_worker_frees_its_limited_items_when_its_lease_lapses(
     assert time.monotonic() - killed_at < 30
     entries = server.all_results(job["id"])
     assert all(e["success"] for e in entries) and most_at_once(entries) <= 2
-
-
-def _worker(db_url: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [JOBLOT, "worker", "--db", db_url],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def _wait_until(condition: Any, seconds: float) -> None:

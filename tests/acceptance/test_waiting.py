@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import JOBLOT
+from .conftest import start_worker
 
 WAITERS = 1000
 
@@ -30,18 +30,6 @@ def many_sockets() -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def start_worker(db_url: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A `joblot worker` process of its own: the change comes from outside the API process."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [JOBLOT, "worker", "--db", db_url],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
