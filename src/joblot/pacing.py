@@ -49,18 +49,20 @@ class Pacer:
         size = max(self.concurrency, min(self.batch_size, grown))
         self._paces[job_type] = Pace(size, per_item * math.ceil(size / self.concurrency))
 
-    def expected_seconds(self, job_type: str, items: int) -> float | None:
-        """How long `items` items of `job_type` should keep the worker busy; None while the
-        type has not been measured."""
+    def expected_seconds(self, job_type: str, items: int, slots: int | None = None) -> float | None:
+        """How long `items` items of `job_type` should keep the worker busy, run through at
+        most `slots` at once (None: all its concurrency); None while the type has not been
+        measured."""
         per_item = self._item_seconds.get(job_type)
         if per_item is None:
             return None
-        return per_item * math.ceil(items / self.concurrency)
+        at_once = self.concurrency if slots is None else max(1, min(slots, self.concurrency))
+        return per_item * math.ceil(items / at_once)
 
-    def quick(self, job_type: str, items: int) -> bool:
+    def quick(self, job_type: str, items: int, slots: int | None = None) -> bool:
         """Whether a batch of `items` items of `job_type` is expected to end soon (within
         TARGET_BATCH_SECONDS). Only behind such a batch does a worker claim the next one
         before its threads are free: a batch claimed behind slow items would wait for them,
         and so would its job, however fast its own items are."""
-        expected = self.expected_seconds(job_type, items)
+        expected = self.expected_seconds(job_type, items, slots)
         return expected is not None and expected <= TARGET_BATCH_SECONDS

@@ -150,7 +150,7 @@ class Worker:
             if any(self._alone(claim) for claim in self._claims.values()):
                 pass  # an item on its last attempt runs with nothing beside it
             elif self._free_slots() > 0 or all(
-                self._pacer.quick(claim.job_type, len(claim.items))
+                self._pacer.quick(claim.job_type, len(claim.items), claim.slots)
                 for claim in self._claims.values()
             ):
                 return
@@ -181,11 +181,13 @@ class Worker:
             await self._batch_ended.wait()
 
     def _free_slots(self) -> int:
-        """Items this worker could start now beside those it holds (running or to start)."""
-        held = sum(
-            batch.leftover if (batch := self._batches.get(lease_id)) else len(claim.items)
-            for lease_id, claim in self._claims.items()
-        )
+        """Items this worker could start now beside those it holds (running or to start); a
+        batch of a type with a `concurrency` limit occupies no more than its slots."""
+        held = 0
+        for lease_id, claim in self._claims.items():
+            batch = self._batches.get(lease_id)
+            left = batch.leftover if batch is not None else len(claim.items)
+            held += left if claim.slots is None else min(left, claim.slots)
         return self.concurrency - held
 
     async def _idle(self) -> None:
@@ -209,7 +211,7 @@ class Worker:
         of a limited type takes no more, so what its limit counts is really running."""
         if not self._limits:
             return NO_LIMITS
-        return TypeLimits(self._limits, max(0, self._free_slots()))
+        return TypeLimits(self._limits, max(0, self._free_slots()), self.concurrency)
 
     async def _claim(self) -> Claim | None:
         try:
@@ -275,12 +277,16 @@ class Worker:
         self._pacer.measured(claim.job_type, batch.busy_items, batch.busy_seconds)
 
     def _start_runners(self, batch: Batch) -> dict[asyncio.Future[None], Runner]:
-        """Up to `concurrency` runners, each taking the batch's items one after another:
-        threads for a sync handler, tasks on this loop for an async one."""
+        """Up to `concurrency` runners (no more than the claim's slots of its type's limit),
+        each taking the batch's items one after another: threads for a sync handler, tasks on
+        this loop for an async one."""
         loop = asyncio.get_running_loop()
         batch.hand_back_at = time.monotonic() + MAX_BATCH_SECONDS
         runners: dict[asyncio.Future[None], Runner] = {}
-        for _ in range(min(self.concurrency, len(batch.claim.items))):
+        count = min(self.concurrency, len(batch.claim.items))
+        if batch.claim.slots is not None:
+            count = min(count, batch.claim.slots)
+        for _ in range(count):
             runner = batch.runner()
             if batch.job_type.is_async:
                 future: asyncio.Future[None] = loop.create_task(self._run_async(batch, runner))

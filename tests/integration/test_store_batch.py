@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from joblot.models import Limit, Status, completion_message
-from joblot.store import Claim, JobFilter, JobRow, Store, TypeLimits
+from joblot.store import NO_LIMITS, Claim, JobFilter, JobRow, Store, TypeLimits
 
 from .test_store import INLINE, RETENTION, T0, TYPES, claim, done, get, new_job, submit
 
@@ -295,6 +295,35 @@ async def test_concurrency_counts_the_items_leased_under_live_leases(store: Stor
     )
     second = await take(store, T0 + 3, limits)
     assert second is not None and [i.index for i in second.items] == [2]
+
+
+async def test_a_limited_claim_holds_slots_and_more_items_to_run_through_them(
+    store: Store,
+) -> None:
+    job = await submit(store, 100)
+    # The worker runs 8 at once; the limit leaves it 4 slots: half the 100 items its pace asks.
+    limits = TypeLimits({"demo.echo": Limit(concurrency=4)}, free=8, capacity=8)
+    first = await take(store, T0, limits)
+    assert first is not None and (first.slots, len(first.items)) == (4, 50)
+    assert await take(store, T0 + 1, limits) is None  # its 4 slots are the whole limit
+    assert (await get(store, job.id, T0 + 1)).message == (
+        "Throttled: at most 4 demo.echo items run at once"
+    )
+    # With 3 of its items left, the lease holds 3 slots: 1 is free for another claim.
+    await store.finish_items(
+        first.lease_id,
+        [done(item) for item in first.items[:47]],
+        message=None,
+        final=False,
+        now=T0 + 2,
+        retention=RETENTION,
+    )
+    second = await take(store, T0 + 3, limits)
+    assert second is not None and (second.slots, len(second.items)) == (1, 13)
+    counts = await store.metric_counts(T0 + 3)
+    assert counts.running == [("demo.echo", 4)]  # what the limit counts: 3 + 1
+    unlimited = await take(store, T0 + 4, NO_LIMITS)
+    assert unlimited is not None and unlimited.slots is None
 
 
 async def test_a_lapsed_lease_frees_its_share_at_once(store: Store) -> None:

@@ -115,13 +115,19 @@ class RetryLater:
 
 @dataclass(frozen=True)
 class TypeLimits:
-    """The cluster-wide limits of the job types a worker runs (`by_type`), and how many items
-    of a limited type it can start right now (`free`): a claim of a limited type takes no
-    more than that, so that the items its limit counts are running, not waiting in one worker
-    while another has room."""
+    """The cluster-wide limits of the job types a worker runs (`by_type`), how many items of a
+    limited type it can start right now (`free`), and how many it runs at once when all its
+    slots are free (`capacity`; 0: unknown).
+
+    A claim of a type with a `concurrency` limit takes at most `free` of the type's slots
+    (`Claim.slots`), which its limit counts, and as many items as the worker runs through those
+    slots in a claim's time (its pace, scaled by slots / capacity; as many as its slots when
+    the capacity is unknown). A claim of a type with a `rate` takes no more items than `free`,
+    since it counts them as started."""
 
     by_type: Mapping[str, Limit] = field(default_factory=dict)
     free: int = 0
+    capacity: int = 0
 
 
 NO_LIMITS = TypeLimits()
@@ -148,6 +154,9 @@ class Claim:
     items: list[ClaimedItem]
     tenant: str = ""
     started: bool = False  # this claim moved the job from queued to working
+    # How many of its items may run at once: the slots of its type's `concurrency` limit that
+    # the lease holds (None: the type has no such limit).
+    slots: int | None = None
 
 
 @dataclass(frozen=True)

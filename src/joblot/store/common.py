@@ -33,6 +33,7 @@ from joblot.store import (
     MetricTotal,
     NewJob,
     Pace,
+    TypeLimits,
 )
 
 T = TypeVar("T")
@@ -375,6 +376,7 @@ class Choice:
     held_back: list[tuple[str, str]] = field(default_factory=list)
     rule: Limit | None = None  # the picked job's type's limits
     pace: Pace | None = None  # how the claiming worker takes the picked job's type
+    slots: int | None = None  # how many of its items may run at once (Claim.slots)
 
 
 def claim_size(job_type: str, limit: int, paces: Mapping[str, Pace] | None) -> int:
@@ -392,17 +394,47 @@ def next_turn(now: float, pace: Pace | None, count: int) -> float:
     return now + 2 * pace.seconds * count / pace.size
 
 
-def allowance(limit: Limit, job_type: str, *, running: int, started: int) -> tuple[int, str]:
-    """How many more items of a limited job type may start now (0: none), and the message of
-    its jobs when the limit is what holds them back: the tighter of its concurrency (items
-    `running`) and its rate (items `started` in the last period)."""
-    room: list[tuple[int, str]] = []
+@dataclass(frozen=True)
+class Share:
+    """What a limited type's limits leave one claim: `size` items (0: none, the job is held
+    back), run through at most `slots` at once (None: the type has no `concurrency`), and the
+    message of the job when a limit held back or cut the claim (None: none did)."""
+
+    size: int
+    slots: int | None = None
+    text: str | None = None
+
+
+def share(
+    limit: Limit, job_type: str, size: int, limits: TypeLimits, *, running: int, started: int
+) -> Share:
+    """What a claim of a limited type may take, given the `size` its pace asks for, the slots
+    of its `concurrency` held under live leases (`running`) and the items of it started in the
+    last period of its `rate` (`started`)."""
+    rooms: list[tuple[int, str]] = []
     if limit.concurrency is not None:
-        room.append((limit.concurrency - running, concurrency_text(job_type, limit.concurrency)))
+        rooms.append((limit.concurrency - running, concurrency_text(job_type, limit.concurrency)))
     if limit.rate is not None:
-        room.append((limit.rate - started, rate_text(job_type, limit)))
-    size, text = min(room)
-    return max(0, size), text
+        rooms.append((limit.rate - started, rate_text(job_type, limit)))
+    tightest, text = min(rooms)
+    if tightest <= 0:
+        return Share(0, None, text)
+    cut = False
+    slots = None
+    if limit.concurrency is not None:
+        room = limit.concurrency - running
+        slots = min(room, limits.free)
+        cut = room < limits.free
+        # The worker runs `capacity` items at once in a claim's time; through fewer slots, a
+        # claim takes proportionally fewer, so that it ends about as soon.
+        scaled = -(-size * slots // limits.capacity) if limits.capacity > 0 else slots
+        size = min(size, max(slots, scaled))
+    if limit.rate is not None:  # each item counts as started when claimed: no more than can start
+        room = limit.rate - started
+        wanted = min(size, limits.free)
+        cut = cut or room < wanted
+        size = min(room, wanted)
+    return Share(size, slots, text if cut else None)
 
 
 def needs_throttle_message(row: tuple[Any, ...] | None, text: str) -> bool:

@@ -25,11 +25,11 @@ from joblot.store.common import (
     NO_ATTEMPT_LIMIT,
     Choice,
     Refused,
-    allowance,
     claim_size,
     last_attempt,
     needs_throttle_message,
     next_turn,
+    share,
     total_params,
     worker_lost,
 )
@@ -103,6 +103,7 @@ async def _lease(
             "worker_id": worker_id,
             "expires_at": now + lease_seconds,
             "job_type": job_type,
+            "slots": choice.slots,
         },
     )
     assert lease is not None
@@ -133,6 +134,7 @@ async def _lease(
         items=items,
         tenant=tenant,
         started=state.status is not new.status,
+        slots=choice.slots,
     )
 
 
@@ -172,13 +174,13 @@ async def _choose(
         locked = await fetch_one(conn, "claim_items.lock_type", {"job_type": job_type})
         if locked is None or not locked[0]:
             continue  # another claim is serving this type: leave it to that one
-        room, text = allowance(rule, job_type, **await _counts(conn, rule, job_type, now))
-        wanted_size = min(size, limits.free)
-        if room > 0:
-            throttle = text if room < wanted_size else None
-            taken = min(room, wanted_size)
-            return Choice((job_id, job_type, tenant), taken, throttle, held_back, rule, pace)
-        held_back.append((job_id, text))
+        counts = await _counts(conn, rule, job_type, now)
+        given = share(rule, job_type, size, limits, **counts)
+        if given.size > 0:
+            job = (job_id, job_type, tenant)
+            return Choice(job, given.size, given.text, held_back, rule, pace, given.slots)
+        assert given.text is not None
+        held_back.append((job_id, given.text))
 
 
 async def _counts(conn: Conn, rule: Limit, job_type: str, now: float) -> dict[str, int]:

@@ -25,11 +25,11 @@ from joblot.store.common import (
     NO_ATTEMPT_LIMIT,
     Choice,
     Refused,
-    allowance,
     claim_size,
     last_attempt,
     needs_throttle_message,
     next_turn,
+    share,
     worker_lost,
 )
 from joblot.store.sqlite.connection import (
@@ -76,6 +76,7 @@ def claim_items(
             "worker_id": worker_id,
             "expires_at": now + lease_seconds,
             "job_type": job_type,
+            "slots": choice.slots,
         }
         lease_id = conn.execute(SQL["claim_items.insert_lease"], lease).lastrowid
         assert lease_id is not None
@@ -105,6 +106,7 @@ def claim_items(
         items=items,
         tenant=tenant,
         started=old.status is not new.status,
+        slots=choice.slots,
     )
 
 
@@ -143,13 +145,13 @@ def _choose(
         if rule is None:
             return Choice((job_id, job_type, tenant), size, None, held_back, None, pace)
         skipped.add(job_type)
-        room, text = allowance(rule, job_type, **_counts(conn, rule, job_type, now))
-        wanted_size = min(size, limits.free)
-        if room > 0:
-            throttle = text if room < wanted_size else None
-            taken = min(room, wanted_size)
-            return Choice((job_id, job_type, tenant), taken, throttle, held_back, rule, pace)
-        held_back.append((job_id, text))
+        counts = _counts(conn, rule, job_type, now)
+        given = share(rule, job_type, size, limits, **counts)
+        if given.size > 0:
+            job = (job_id, job_type, tenant)
+            return Choice(job, given.size, given.text, held_back, rule, pace, given.slots)
+        assert given.text is not None
+        held_back.append((job_id, given.text))
 
 
 def _counts(conn: Conn, rule: Limit, job_type: str, now: float) -> dict[str, int]:

@@ -270,16 +270,19 @@ WHERE id = %(job_id)s AND pending > (
 );
 
 -- name: claim_items.insert_lease
-INSERT INTO leases (job_id, worker_id, expires_at, job_type)
-VALUES (%(job_id)s, %(worker_id)s, %(expires_at)s, %(job_type)s)
+INSERT INTO leases (job_id, worker_id, expires_at, job_type, slots)
+VALUES (%(job_id)s, %(worker_id)s, %(expires_at)s, %(job_type)s, %(slots)s)
 RETURNING id;
 
 -- name: claim_items.running
--- A limited job type's items leased under live leases, which its `concurrency` counts. A
--- lapsed lease's items count no more, so a dead worker's share is free again as soon as its
--- lease lapses (the items themselves go back to the queue at the next requeue).
-SELECT count(*) FROM leases JOIN items ON items.lease_id = leases.id AND items.state = 'leased'
-WHERE leases.job_type = %(job_type)s AND leases.expires_at >= %(now)s;
+-- The slots of a limited job type's `concurrency` held under live leases: each lease's slots,
+-- or its leased items when fewer are left. Same as SQLite's.
+SELECT coalesce(sum(least(held, coalesce(slots, held))), 0) FROM (
+    SELECT leases.slots AS slots, count(*) AS held
+    FROM leases JOIN items ON items.lease_id = leases.id AND items.state = 'leased'
+    WHERE leases.job_type = %(job_type)s AND leases.expires_at >= %(now)s
+    GROUP BY leases.id
+) AS held;
 
 -- name: claim_items.started
 -- A rate-limited job type's items started (claimed) in the last period: a sliding window.
@@ -552,12 +555,15 @@ SELECT job_type, bucket, count(*), sum(seconds) FROM (
 SELECT count(*) FROM leases WHERE expires_at >= %(now)s;
 
 -- name: metric_counts.running
--- Items held under live leases, by job type: what a concurrency limit counts.
-SELECT j.job_type, count(*) FROM leases l
-JOIN items i ON i.lease_id = l.id AND i.state = 'leased'
-JOIN jobs j ON j.id = l.job_id
-WHERE l.expires_at >= %(now)s
-GROUP BY j.job_type;
+-- Items running under live leases, by job type, as a concurrency limit counts them: each
+-- lease's leased items, or its slots when it has fewer (claim_items.running).
+SELECT job_type, sum(least(held, coalesce(slots, held))) FROM (
+    SELECT j.job_type AS job_type, l.slots AS slots, count(*) AS held FROM leases l
+    JOIN items i ON i.lease_id = l.id AND i.state = 'leased'
+    JOIN jobs j ON j.id = l.job_id
+    WHERE l.expires_at >= %(now)s
+    GROUP BY l.id, j.job_type
+) AS held GROUP BY job_type;
 
 -- name: metric_counts.totals
 SELECT name, job_type, label, value FROM metric_totals;
