@@ -15,8 +15,8 @@ import pytest
 
 from joblot.demo import make_demo_app
 from joblot.errors import RecordInvalid, Unavailable, UnknownJobType
-from joblot.models import DEFAULT_TENANT, Status
-from joblot.store import FinishedItem, open_store
+from joblot.models import DEFAULT_TENANT, Limit, Status
+from joblot.store import Claim, FinishedItem, TypeLimits, open_store
 from joblot.store.postgres import PostgresStore
 from joblot.transactional import submit_job_in_transaction, submit_job_in_transaction_sync
 
@@ -172,6 +172,35 @@ async def test_requeued_items_wake_waiting_workers(pg_store: PostgresStore, pg_u
         await asyncio.wait_for(waiting, 5.0)
     finally:
         await other.close()
+
+
+async def test_a_claim_that_finds_its_limited_type_busy_tries_again_before_giving_up(
+    pg_store: PostgresStore, pg_url: str
+) -> None:
+    """A claim that finds a limited type's lock taken by another claim takes the type once that
+    claim commits, within milliseconds, rather than leave its worker idle until a poll."""
+    now = time.time()
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        await submit_job_in_transaction(conn, APP, "demo.echo", [{"id": i} for i in range(4)])
+        await conn.commit()
+    limits = TypeLimits({"demo.echo": Limit(concurrency=2)}, free=4, capacity=4)
+
+    async def claim_while_locked(seconds: float) -> Claim | None:
+        async with await psycopg.AsyncConnection.connect(pg_url) as other:
+            # what claim_items.lock_type takes: another claim serving demo.echo
+            await other.execute("SELECT pg_advisory_xact_lock(1785684591, hashtext('demo.echo'))")
+            claiming = asyncio.create_task(
+                pg_store.claim_items(
+                    "w", ["demo.echo"], limit=10, now=now, lease_seconds=30, limits=limits
+                )
+            )
+            await asyncio.sleep(seconds)
+            await other.commit()
+            return await claiming
+
+    assert await claim_while_locked(0.5) is None  # still busy after its last try
+    claim = await claim_while_locked(0.01)
+    assert claim is not None and claim.slots == 2
 
 
 async def test_an_unreachable_database_answers_unavailable() -> None:

@@ -377,6 +377,7 @@ class Choice:
     rule: Limit | None = None  # the picked job's type's limits
     pace: Pace | None = None  # how the claiming worker takes the picked job's type
     slots: int | None = None  # how many of its items may run at once (Claim.slots)
+    busy: bool = False  # PostgreSQL: nothing picked, but a limited type another claim serves
 
 
 def claim_size(job_type: str, limit: int, paces: Mapping[str, Pace] | None) -> int:

@@ -6,6 +6,8 @@ lock order of `connection.py`: a lease's items, then the job row, then lease row
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +44,10 @@ from joblot.store.postgres.connection import (
     save_state,
 )
 
+# A claim that found work only in limited types other claims were serving tries again after
+# these pauses (seconds) before it answers None and its worker waits for a poll or a NOTIFY.
+BUSY_PAUSES = (0.002, 0.005, 0.01, 0.02, 0.05)
+
 
 async def claim_items(
     conn: Conn,
@@ -69,25 +75,34 @@ async def claim_items(
     found = await fetch_one(conn, "claim_items.any_runnable", params)
     if found is None or not found[0]:
         return None
-    try:
-        async with conn.transaction():
-            choice = await _choose(
-                conn, job_types, limit=limit, now=now, limits=limits, paces=paces
-            )
-            for job_id, text in choice.held_back:
-                await _throttle(conn, job_id, text, now)
-            if choice.job is None:
-                return None
-            return await _lease(
-                conn,
-                worker_id,
-                choice,
-                now=now,
-                lease_seconds=lease_seconds,
-                last=last_attempt(max_attempts),
-            )
-    except Refused:  # another worker took the items, or the job stopped: try again
-        return None
+    began = time.monotonic()
+    for pause in (*BUSY_PAUSES, None):
+        try:
+            async with conn.transaction():
+                at = now + (time.monotonic() - began)
+                choice = await _choose(
+                    conn, job_types, limit=limit, now=at, limits=limits, paces=paces
+                )
+                for job_id, text in choice.held_back:
+                    await _throttle(conn, job_id, text, at)
+                if choice.job is not None:
+                    return await _lease(
+                        conn,
+                        worker_id,
+                        choice,
+                        now=at,
+                        lease_seconds=lease_seconds,
+                        last=last_attempt(max_attempts),
+                    )
+        except Refused:  # another worker took the items, or the job stopped: try again
+            return None
+        if not choice.busy or pause is None:
+            return None
+        # Only a limited type that another claim was serving had work: that claim commits
+        # within milliseconds, and the room it leaves is this worker's to take, not something
+        # to wait a poll interval for.
+        await asyncio.sleep(pause)
+    return None
 
 
 async def _lease(
@@ -153,14 +168,15 @@ async def _choose(
     skipped = {t for t in limits.by_type if limits.free <= 0}
     waiting: list[str] = []  # jobs whose pending items all wait to be retried later
     held_back: list[tuple[str, str]] = []
+    busy = False  # a type with work was left to the claim serving it
     while True:
         wanted = [t for t in job_types if t not in skipped]
         if not wanted:
-            return Choice(held_back=held_back)
+            return Choice(held_back=held_back, busy=busy)
         params = {"job_types": wanted, "skip_jobs": waiting}
         picked = await fetch_one(conn, "claim_items.pick_job", params)
         if picked is None:
-            return Choice(held_back=held_back)
+            return Choice(held_back=held_back, busy=busy)
         job_id, job_type, tenant = picked
         if await fetch_one(conn, "claim_items.has_due", {"job_id": job_id, "now": now}) is None:
             waiting.append(job_id)
@@ -173,7 +189,8 @@ async def _choose(
         skipped.add(job_type)
         locked = await fetch_one(conn, "claim_items.lock_type", {"job_type": job_type})
         if locked is None or not locked[0]:
-            continue  # another claim is serving this type: leave it to that one
+            busy = True  # another claim is serving this type: leave it to that one
+            continue
         counts = await _counts(conn, rule, job_type, now)
         given = share(rule, job_type, size, limits, **counts)
         if given.size > 0:
