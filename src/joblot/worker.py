@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,7 @@ class Worker:
         self._batches: dict[int, Batch] = {}
         # Jobs this worker saw stop, so a batch claimed before the database knew is not run.
         self._stopped_jobs: dict[str, None] = {}
+        self._stopping_jobs = threading.Lock()  # handler threads note stopped jobs too
         self._pacer = Pacer(self.job_types, self.concurrency, self.settings.batch_size)
         self._reporter = Reporter(service, self.worker_id, self._stop_batches_of)
         # The cluster-wide limits of the job types this worker runs (counted in the database).
@@ -266,8 +268,11 @@ class Worker:
         assert job_type is not None  # only registered types are claimed
         timeout = job_type.timeout or self.settings.item_timeout_seconds
         batch = Batch(claim, job_type, timeout)
-        batch.stopped = claim.job_id in self._stopped_jobs
         self._batches[claim.lease_id] = batch  # from here on its lease is renewed
+        # Looked at after the batch is registered: a handler thread that aborts the job now
+        # either finds this batch registered or has already noted the job as stopped.
+        if claim.job_id in self._stopped_jobs:
+            batch.stopped = True
         if self._alone(claim):
             await self._clear_the_way(claim)
         try:
@@ -291,7 +296,7 @@ class Worker:
             if batch.job_type.is_async:
                 future: asyncio.Future[None] = loop.create_task(self._run_async(batch, runner))
             else:
-                future = loop.run_in_executor(self._threads, self._run_sync, batch, runner, loop)
+                future = loop.run_in_executor(self._threads, self._run_sync, batch, runner)
             future.add_done_callback(functools.partial(_log_failure, batch))
             runners[future] = runner
         return runners
@@ -329,7 +334,7 @@ class Worker:
         self.replace = True
         self.stop()
 
-    def _run_sync(self, batch: Batch, runner: Runner, loop: asyncio.AbstractEventLoop) -> None:
+    def _run_sync(self, batch: Batch, runner: Runner) -> None:
         """Runs in a handler thread: start items until the batch is drained or stopped."""
         handler = batch.job_type.handler
         while (started := batch.start(runner)) is not None:
@@ -340,8 +345,8 @@ class Worker:
                 returned = exc
             if not batch.record(runner, returned, ctx):
                 return  # given up on: the item already failed with Timeout
-            if isinstance(returned, JobAborted):
-                loop.call_soon_threadsafe(self._stop_batches_of, batch.claim.job_id)
+            if isinstance(returned, JobAborted):  # at once: the loop may be busy for a while
+                self._stop_batches_of(batch.claim.job_id)
 
     async def _run_async(self, batch: Batch, runner: Runner) -> None:
         """Runs on the loop: start items until the batch is drained or stopped, at most
@@ -360,10 +365,12 @@ class Worker:
                 self._stop_batches_of(batch.claim.job_id)
 
     def _stop_batches_of(self, job_id: str) -> None:
-        """The job stopped: start no more of its items in any batch of this worker."""
-        self._stopped_jobs[job_id] = None
-        while len(self._stopped_jobs) > 1000:
-            del self._stopped_jobs[next(iter(self._stopped_jobs))]
+        """The job stopped: start no more of its items in any batch of this worker. Called on
+        the loop and from handler threads (a sync handler that aborted its job)."""
+        with self._stopping_jobs:
+            self._stopped_jobs[job_id] = None
+            while len(self._stopped_jobs) > 1000:
+                del self._stopped_jobs[next(iter(self._stopped_jobs))]
         for batch in list(self._batches.values()):
             if batch.claim.job_id == job_id:
                 batch.stopped = True
