@@ -75,11 +75,10 @@ async def claim_items(
     found = await fetch_one(conn, "claim_items.any_runnable", params)
     if found is None or not found[0]:
         return None
-    began = time.monotonic()
+    began, at = time.monotonic(), now
     for pause in (*BUSY_PAUSES, None):
         try:
             async with conn.transaction():
-                at = now + (time.monotonic() - began)
                 choice = await _choose(
                     conn, job_types, limit=limit, now=at, limits=limits, paces=paces
                 )
@@ -102,6 +101,7 @@ async def claim_items(
         # within milliseconds, and the room it leaves is this worker's to take, not something
         # to wait a poll interval for.
         await asyncio.sleep(pause)
+        at = now + (time.monotonic() - began)
     return None
 
 
