@@ -68,7 +68,9 @@ async def claim_items(
     The job is picked without a lock and its items are leased with SKIP LOCKED, so claims of
     one job by many workers run side by side; the job row is locked last, only to count the
     claim, as finishes do. A claim that leased nothing, or whose job stopped meanwhile, rolls
-    back and answers None. Claims of one limited type take turns (claim_items.lock_type).
+    back and answers None. Claims of one limited type take turns (claim_items.lock_type); a
+    claim that found work only in such types while others served them tries again after each
+    of BUSY_PAUSES, holding no lock in between.
     """
     # The cheap read first: an idle worker on an idle database opens no transaction.
     params = {"job_types": job_types, "now": now}

@@ -305,7 +305,8 @@ SELECT status, message, message_set FROM jobs WHERE id = %(id)s;
 -- limited job type take turns from counting its items to committing, so two of them never
 -- both take the last free slot. A try-lock, never waited for: a claim that finds the type
 -- busy (another claim is serving it this very moment) leaves it to that claim and looks at
--- the other types, so a limited type never holds up the rest.
+-- the other types, so a limited type never holds up the rest; if it finds nothing else, it
+-- commits and tries again a few milliseconds later (work.BUSY_PAUSES).
 SELECT pg_try_advisory_xact_lock(1785684591, hashtext(%(job_type)s));
 
 
