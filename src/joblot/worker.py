@@ -185,12 +185,13 @@ class Worker:
     def _free_slots(self) -> int:
         """Items this worker could start now beside those it holds (running or to start); a
         batch of a type with a `concurrency` limit occupies no more than its slots."""
-        held = 0
-        for lease_id, claim in self._claims.items():
-            batch = self._batches.get(lease_id)
-            left = batch.leftover if batch is not None else len(claim.items)
-            held += left if claim.slots is None else min(left, claim.slots)
-        return self.concurrency - held
+        return self.concurrency - sum(self._held(claim) for claim in self._claims.values())
+
+    def _held(self, claim: Claim) -> int:
+        """How many items of a claim are running or still to start, at most its slots."""
+        batch = self._batches.get(claim.lease_id)
+        left = batch.leftover if batch is not None else len(claim.items)
+        return left if claim.slots is None else min(left, claim.slots)
 
     async def _idle(self) -> None:
         """Wait for work, a stop request, or the poll interval, whichever comes first (on
@@ -213,7 +214,13 @@ class Worker:
         of a limited type takes no more, so what its limit counts is really running."""
         if not self._limits:
             return NO_LIMITS
-        return TypeLimits(self._limits, max(0, self._free_slots()), self.concurrency)
+        # Its own leases it counts itself: their finished items are not reported yet.
+        own = {
+            lease_id: (claim.job_type, self._held(claim))
+            for lease_id, claim in self._claims.items()
+            if claim.slots is not None
+        }
+        return TypeLimits(self._limits, max(0, self._free_slots()), self.concurrency, own)
 
     async def _claim(self) -> Claim | None:
         try:

@@ -326,6 +326,22 @@ async def test_a_limited_claim_holds_slots_and_more_items_to_run_through_them(
     assert unlimited is not None and unlimited.slots is None
 
 
+async def test_the_claiming_worker_counts_its_own_leases_itself(store: Store) -> None:
+    await submit(store, 100)
+    limits = TypeLimits({"demo.echo": Limit(concurrency=4)}, free=8, capacity=8)
+    first = await take(store, T0, limits)
+    assert first is not None and first.slots == 4
+    # Its items all ran; their results are on their way: the worker says the lease holds none.
+    done_running = dataclasses.replace(limits, own={first.lease_id: ("demo.echo", 0)})
+    second = await take(store, T0 + 1, done_running)
+    assert second is not None and second.slots == 4
+    # Another worker, not told, counts both leases from the database: the limit is reached.
+    assert await take(store, T0 + 2, limits) is None
+    # Told only of its second lease (1 item running), it counts the first from the database.
+    one_left = dataclasses.replace(limits, own={second.lease_id: ("demo.echo", 1)})
+    assert await take(store, T0 + 3, one_left) is None
+
+
 async def test_a_lapsed_lease_frees_its_share_at_once(store: Store) -> None:
     await submit(store, 5)
     limits = limited(concurrency=2)

@@ -123,11 +123,17 @@ class TypeLimits:
     (`Claim.slots`), which its limit counts, and as many items as the worker runs through those
     slots in a claim's time (its pace, scaled by slots / capacity; as many as its slots when
     the capacity is unknown). A claim of a type with a `rate` takes no more items than `free`,
-    since it counts them as started."""
+    since it counts them as started.
+
+    `own` is what the claiming worker's own live leases hold: lease id → (job type, items of
+    it that may be running now, at most its slots). The limit counts those leases as the
+    worker says rather than from their leased items, which fall only when results are
+    reported: so the worker can claim a type's next batch while the last one is reported."""
 
     by_type: Mapping[str, Limit] = field(default_factory=dict)
     free: int = 0
     capacity: int = 0
+    own: Mapping[int, tuple[str, int]] = field(default_factory=dict)
 
 
 NO_LIMITS = TypeLimits()

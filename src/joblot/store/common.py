@@ -438,6 +438,13 @@ def share(
     return Share(size, slots, text if cut else None)
 
 
+def own_leases(limits: TypeLimits, job_type: str) -> tuple[list[int], int]:
+    """The claiming worker's own live leases of `job_type`, which the database does not count
+    (`claim_items.running`), and how many of its slots they hold, which the worker knows."""
+    mine = {lease: held for lease, (kind, held) in limits.own.items() if kind == job_type}
+    return list(mine), sum(mine.values())
+
+
 def needs_throttle_message(row: tuple[Any, ...] | None, text: str) -> bool:
     """Whether a held-back job's message (`claim_items.throttled`: status, message,
     message_set) would change to `text`."""

@@ -31,6 +31,7 @@ from joblot.store.common import (
     last_attempt,
     needs_throttle_message,
     next_turn,
+    own_leases,
     share,
     total_params,
     worker_lost,
@@ -193,7 +194,7 @@ async def _choose(
         if locked is None or not locked[0]:
             busy = True  # another claim is serving this type: leave it to that one
             continue
-        counts = await _counts(conn, rule, job_type, now)
+        counts = await _counts(conn, rule, job_type, now, limits)
         given = share(rule, job_type, size, limits, **counts)
         if given.size > 0:
             job = (job_id, job_type, tenant)
@@ -202,12 +203,17 @@ async def _choose(
         held_back.append((job_id, given.text))
 
 
-async def _counts(conn: Conn, rule: Limit, job_type: str, now: float) -> dict[str, int]:
-    """What a limited type's limits count: its items running now, started in the period."""
+async def _counts(
+    conn: Conn, rule: Limit, job_type: str, now: float, limits: TypeLimits
+) -> dict[str, int]:
+    """What a limited type's limits count: the slots its live leases hold (the claiming
+    worker's own as it says), its items started in the period."""
     running = started = 0
     if rule.concurrency is not None:
-        found = await fetch_one(conn, "claim_items.running", {"job_type": job_type, "now": now})
-        running = 0 if found is None else int(found[0])
+        leases, held = own_leases(limits, job_type)
+        params = {"job_type": job_type, "now": now, "own": leases}
+        found = await fetch_one(conn, "claim_items.running", params)
+        running = (0 if found is None else int(found[0])) + held
     if rule.rate is not None:
         since = {"job_type": job_type, "since": now - rule.per}
         found = await fetch_one(conn, "claim_items.started", since)

@@ -29,6 +29,7 @@ from joblot.store.common import (
     last_attempt,
     needs_throttle_message,
     next_turn,
+    own_leases,
     share,
     worker_lost,
 )
@@ -145,7 +146,7 @@ def _choose(
         if rule is None:
             return Choice((job_id, job_type, tenant), size, None, held_back, None, pace)
         skipped.add(job_type)
-        counts = _counts(conn, rule, job_type, now)
+        counts = _counts(conn, rule, job_type, now, limits)
         given = share(rule, job_type, size, limits, **counts)
         if given.size > 0:
             job = (job_id, job_type, tenant)
@@ -154,11 +155,17 @@ def _choose(
         held_back.append((job_id, given.text))
 
 
-def _counts(conn: Conn, rule: Limit, job_type: str, now: float) -> dict[str, int]:
-    """What a limited type's limits count: its items running now, started in the period."""
+def _counts(
+    conn: Conn, rule: Limit, job_type: str, now: float, limits: TypeLimits
+) -> dict[str, int]:
+    """What a limited type's limits count: the slots its live leases hold (the claiming
+    worker's own as it says), its items started in the period."""
     running = started = 0
     if rule.concurrency is not None:
-        (running,) = fetch_one(conn, "claim_items.running", {"job_type": job_type, "now": now})
+        leases, held = own_leases(limits, job_type)
+        params = {"job_type": job_type, "now": now, "own": orjson.dumps(leases).decode()}
+        (others,) = fetch_one(conn, "claim_items.running", params)
+        running = others + held
     if rule.rate is not None:
         since = {"job_type": job_type, "since": now - rule.per}
         (started,) = fetch_one(conn, "claim_items.started", since)

@@ -276,11 +276,12 @@ RETURNING id;
 
 -- name: claim_items.running
 -- The slots of a limited job type's `concurrency` held under live leases: each lease's slots,
--- or its leased items when fewer are left. Same as SQLite's.
+-- or its leased items when fewer are left, but for the claiming worker's own. Same as SQLite's.
 SELECT coalesce(sum(least(held, coalesce(slots, held))), 0) FROM (
     SELECT leases.slots AS slots, count(*) AS held
     FROM leases JOIN items ON items.lease_id = leases.id AND items.state = 'leased'
     WHERE leases.job_type = %(job_type)s AND leases.expires_at >= %(now)s
+      AND NOT leases.id = ANY(%(own)s::bigint[])
     GROUP BY leases.id
 ) AS held;
 

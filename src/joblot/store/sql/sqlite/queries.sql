@@ -201,13 +201,15 @@ VALUES (:job_id, :worker_id, :expires_at, :job_type, :slots);
 
 -- name: claim_items.running
 -- The slots of a limited job type's `concurrency` held under live leases: each lease's slots,
--- or its leased items when fewer are left (finished items are no longer leased). A lapsed
+-- or its leased items when fewer are left (reported items are no longer leased). A lapsed
 -- lease counts no more, so a dead worker's share is free again as soon as its lease lapses
--- (the items themselves go back to the queue at the next requeue).
+-- (the items themselves go back to the queue at the next requeue). The claiming worker's own
+-- leases (`own`, a JSON list of ids) are left out: it says what they hold (TypeLimits.own).
 SELECT coalesce(sum(min(held, coalesce(slots, held))), 0) FROM (
     SELECT leases.slots AS slots, count(*) AS held
     FROM leases JOIN items ON items.lease_id = leases.id AND items.state = 'leased'
     WHERE leases.job_type = :job_type AND leases.expires_at >= :now
+      AND leases.id NOT IN (SELECT value FROM json_each(:own))
     GROUP BY leases.id
 );
 
