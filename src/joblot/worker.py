@@ -284,6 +284,9 @@ class Worker:
             await self._clear_the_way(claim)
         try:
             await self._drive(batch, self._start_runners(batch))
+            # Its handlers are done: the next claim need not wait for the last report (a
+            # limited type's included: this worker counts its own leases, TypeLimits.own).
+            self._batch_done.set()
         finally:
             await self._reporter.conclude(batch)
         self._pacer.measured(claim.job_type, batch.busy_items, batch.busy_seconds)
