@@ -18,6 +18,7 @@ from joblot.errors import RecordInvalid, Unavailable, UnknownJobType
 from joblot.models import DEFAULT_TENANT, Limit, Status
 from joblot.store import Claim, FinishedItem, TypeLimits, open_store
 from joblot.store.postgres import PostgresStore
+from joblot.store.postgres.connection import SQL
 from joblot.transactional import submit_job_in_transaction, submit_job_in_transaction_sync
 
 from .conftest import fresh_schema
@@ -201,6 +202,35 @@ async def test_a_claim_that_finds_its_limited_type_busy_tries_again_before_givin
     assert await claim_while_locked(0.5) is None  # still busy after its last try
     claim = await claim_while_locked(0.01)
     assert claim is not None and claim.slots == 2
+
+
+async def test_a_claim_walks_a_new_big_jobs_pending_items_in_index_order(pg_url: str) -> None:
+    """Before the items table is analyzed, the planner takes a new job for a row or two; a
+    claim must still read its next batch off items_pending in order, not sort the whole job."""
+    store = PostgresStore(pg_url)
+    try:
+        await store.migrate()
+        async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+            items = [{"id": i} for i in range(100_000)]  # 20,000 are walked in order anyway
+            await submit_job_in_transaction(conn, APP, "demo.echo", items)
+            await conn.commit()
+            (job_id,) = await (await conn.execute("SELECT id FROM jobs")).fetchone() or ("",)
+            params = {"job_id": job_id, "lease_id": 1, "limit": 500, "last": 3, "now": 0.0}
+
+            async def plan() -> str:
+                query = "EXPLAIN (FORMAT JSON) " + SQL["claim_items.lease_items"]
+                found = await (await conn.execute(query, params)).fetchone()
+                assert found is not None
+                return orjson.dumps(found[0]).decode()
+
+            async with conn.transaction():
+                assert '"Sort"' in await plan()  # what the planner does unhelped
+            async with conn.transaction():
+                await conn.execute(SQL["claim_items.by_index"])
+                chosen = await plan()
+            assert '"Sort"' not in chosen and "items_pending" in chosen
+    finally:
+        await store.close()
 
 
 async def test_an_unreachable_database_answers_unavailable() -> None:

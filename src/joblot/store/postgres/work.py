@@ -132,6 +132,7 @@ async def _lease(
         "last": last,
         "now": now,
     }
+    await rowcount(conn, "claim_items.by_index")
     rows = await fetch_all(conn, "claim_items.last_attempt", params)
     if not rows:
         rows = await fetch_all(conn, "claim_items.lease_items", params)

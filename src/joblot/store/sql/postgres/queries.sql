@@ -311,6 +311,15 @@ SELECT status, message, message_set FROM jobs WHERE id = %(id)s;
 SELECT pg_try_advisory_xact_lock(1785684591, hashtext(%(job_type)s));
 
 
+-- name: claim_items.by_index
+-- Differs by necessity from SQLite (whose claims name their index, INDEXED BY): until the
+-- items table is analyzed after a big submit, the planner expects a new job to have a row or
+-- two, and reads all its pending items to sort them for the next batch (some 30 ms a claim
+-- for 100,000 items) rather than walk items_pending in index order and stop at the batch's
+-- size (under 1 ms). Sorting is made its last resort for the rest of the claim; nothing after
+-- this in a claim sorts.
+SET LOCAL enable_sort = off;
+
 -- name: claim_items.lease_items
 -- Differs by necessity from SQLite: pending items are taken with SKIP LOCKED in index order,
 -- so a claim never waits on rows another transaction holds. The locked rows are then
