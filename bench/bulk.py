@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,10 +25,10 @@ import psycopg
 
 from harness import (
     BenchError,
-    machine,
-    postgres_description,
+    postgres_named,
     postgres_schema,
     postgres_url,
+    run_bench,
     running_server,
 )
 
@@ -355,10 +353,6 @@ def database(arg: str, tmp: Path, name: str) -> Iterator[str]:
         yield arg
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers and temp files go away
-
-
 @dataclass
 class Report:
     """Everything measured, for printing."""
@@ -404,14 +398,6 @@ def memory_table(memory: list[tuple[str, float, float]]) -> list[str]:
     return lines
 
 
-def describe(args: argparse.Namespace) -> list[str]:
-    """The machine (taken before the run: it reports the load average at start)."""
-    lines = machine()
-    if args.db != "sqlite" and not args.db.startswith("sqlite:"):
-        lines.append(postgres_description(postgres_url() if args.db == "postgres" else args.db))
-    return lines
-
-
 def render(report: Report, args: argparse.Namespace, header: list[str]) -> str:
     """The whole report as markdown."""
     lines = [
@@ -430,19 +416,7 @@ def render(report: Report, args: argparse.Namespace, header: list[str]) -> str:
 def main() -> int:
     """Run the measurements and print the report; the temp folder goes away in every case."""
     args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            header = describe(args)
-            report = measure(args, Path(name))
-        except (BenchError, psycopg.Error) as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
-            return 130
-    print(render(report, args, header))
-    return 0
+    return run_bench(args, measure, render, postgres=postgres_named(args.db))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,10 +27,10 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from harness import (
     BenchError,
-    machine,
-    postgres_description,
+    postgres_named,
     postgres_schema,
     postgres_url,
+    run_bench,
     running_server,
 )
 
@@ -252,25 +250,11 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers and temp files go away
-
-
-def main() -> int:
-    args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    header = machine()
-    if args.db == "postgres":
-        header.append(postgres_description(postgres_url()))
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            idle, busy = run(args, Path(name))
-        except BenchError as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers and browsers stopped", file=sys.stderr)
-            return 130
+def render(
+    found: tuple[list[Level], list[Level]], args: argparse.Namespace, header: list[str]
+) -> str:
+    """The report as markdown."""
+    idle, busy = found
     lines = [
         f"## joblot bench/dashboards.py ({args.db}, {args.workers} workers)",
         "",
@@ -286,8 +270,18 @@ def main() -> int:
         "COMMIT included; PostgreSQL: every execute). Workers' statements are not counted: they",
         "do not depend on dashboards. 'caused by dashboards' is the rate minus the rate with none.",
     ]
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
+
+
+def main() -> int:
+    args = parse_args()
+    return run_bench(
+        args,
+        run,
+        render,
+        postgres=postgres_named(args.db),
+        stopped="servers and browsers stopped",
+    )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,16 +23,15 @@ from pathlib import Path
 
 import httpx
 import orjson
-import psycopg
 
 from harness import (
     BenchError,
     Server,
     group_members,
-    machine,
-    postgres_description,
+    postgres_named,
     postgres_schema,
     postgres_url,
+    run_bench,
     running_server,
 )
 
@@ -187,14 +184,17 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[Export], list[str
     return exports, notes
 
 
-def render(exports: list[Export], notes: list[str], header: list[str], db: str) -> str:
+def render(
+    found: tuple[list[Export], list[str]], args: argparse.Namespace, header: list[str]
+) -> str:
     """The report as markdown."""
+    exports, notes = found
     lines = [
         "## joblot bench/export.py",
         "",
         *header,
         "",
-        f"### Exporting results (`GET /results/export`, {db}, every 7th item failed)",
+        f"### Exporting results (`GET /results/export`, {args.db}, every 7th item failed)",
         "",
         "| job | format | entries | MiB sent | seconds | entries/s | serve RSS before MiB "
         "| serve RSS peak MiB | growth MiB |",
@@ -227,29 +227,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers and temp files go away
-
-
 def main() -> int:
     """Run the measurements and print the report; the temp folder goes away in every case."""
     args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            header = machine()
-            if args.db != "sqlite" and not args.db.startswith("sqlite:"):
-                url = postgres_url() if args.db == "postgres" else args.db
-                header.append(postgres_description(url))
-            exports, notes = measure(args, Path(name))
-        except (BenchError, psycopg.Error) as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
-            return 130
-    print(render(exports, notes, header, args.db))
-    return 0
+    return run_bench(args, measure, render, postgres=postgres_named(args.db))
 
 
 if __name__ == "__main__":

@@ -15,24 +15,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
 from harness import (
     BenchError,
-    machine,
-    postgres_description,
     postgres_schema,
     postgres_url,
+    run_bench,
     running_server,
 )
 
@@ -157,27 +153,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers and temp files go away
-
-
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            header = machine()
-            if "postgres" in args.db:
-                header.append(postgres_description(postgres_url()))
-            found = measure(args, Path(name))
-        except (BenchError, psycopg.Error) as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
-            return 130
-    print(render(found, args, header))
-    return 0
+    return run_bench(
+        args, measure, render, postgres=postgres_url() if "postgres" in args.db else None
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Start and stop real `joblot serve` processes for benchmarks, and describe the machine.
+"""Start and stop real `joblot serve` processes for benchmarks, describe the machine, and run
+a benchmark from its arguments to its exit status.
 
 Each server leads its own process group (a new session), so that it and its worker
 processes are stopped together: SIGTERM to `serve` (as a supervisor would send it), then to
@@ -7,6 +8,7 @@ the whole group, then SIGKILL to whatever is left, with a warning naming the sur
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -16,11 +18,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -33,6 +37,8 @@ READY_SECONDS = 30.0
 STOP_SECONDS = 40.0  # serve gives its workers lease_seconds + 10 to drain; half for serve
 COMMAND_SECONDS = 60.0  # `joblot migrate` and `joblot tokens create`
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+Found = TypeVar("Found")
 
 
 class BenchError(Exception):
@@ -304,6 +310,14 @@ def drop_schema(base_url: str, name: str) -> None:
         print(f"warning: could not drop schema {name} ({exc}); drop it by hand", file=sys.stderr)
 
 
+def postgres_named(db: str) -> str | None:
+    """The PostgreSQL URL that a `--db` of 'sqlite', 'postgres' or a URL stands for; None for
+    SQLite."""
+    if db == "sqlite" or db.startswith("sqlite:"):
+        return None
+    return postgres_url() if db == "postgres" else db
+
+
 def postgres_description(base_url: str) -> str:
     """The PostgreSQL server's version and the settings that bound its commit rate."""
     names = ("fsync", "synchronous_commit", "wal_sync_method", "shared_buffers")
@@ -369,3 +383,51 @@ def source_revision() -> str:
         return "not a git checkout"
     state = "src/ modified" if dirty.stdout.strip() else "clean"
     return f"git {head.stdout.strip()}, {state}"
+
+
+# -- running a benchmark --------------------------------------------------------------------
+
+
+def run_bench(
+    args: argparse.Namespace,
+    measure: Callable[[argparse.Namespace, Path], Found],
+    render: Callable[[Found, argparse.Namespace, list[str]], str],
+    *,
+    postgres: str | None = None,
+    stopped: str = "servers stopped, temp files removed",
+) -> int:
+    """Measure in a temporary folder, print the rendered report; the exit status.
+
+    `render` gets the machine's description (and that of the PostgreSQL server at `postgres`),
+    taken before `measure` runs, as the report's header. SIGTERM stops a run as Ctrl-C does, so
+    that every `finally` stops its servers, drops its schemas and removes the folder either way;
+    then `stopped` says what was cleaned up, and the status is 130. A failure is 1.
+    """
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
+        try:
+            header = _header(postgres)
+            found = measure(args, Path(name))
+        except (BenchError, psycopg.Error) as exc:
+            print(f"bench failed: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"bench interrupted; {stopped}", file=sys.stderr)
+            return 130
+    print(render(found, args, header))
+    return 0
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _header(postgres: str | None) -> list[str]:
+    """The machine, and the PostgreSQL server at `postgres` if any, as markdown list lines."""
+    lines = machine()
+    if postgres is not None:
+        try:
+            lines.append(postgres_description(postgres))
+        except psycopg.Error as exc:
+            raise BenchError(f"cannot reach PostgreSQL at {postgres}: {exc}") from exc
+    return lines

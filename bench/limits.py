@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,14 +24,13 @@ from pathlib import Path
 
 import httpx
 import orjson
-import psycopg
 
 from harness import (
     BenchError,
-    machine,
-    postgres_description,
+    postgres_named,
     postgres_schema,
     postgres_url,
+    run_bench,
     running_server,
 )
 
@@ -203,29 +200,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers and temp files go away
-
-
 def main() -> int:
     """Run the measurements and print the report; the temp folder goes away in every case."""
     args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            header = machine()
-            if args.db != "sqlite" and not args.db.startswith("sqlite:"):
-                url = postgres_url() if args.db == "postgres" else args.db
-                header.append(postgres_description(url))
-            found = measure(args, Path(name))
-        except (BenchError, psycopg.Error) as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
-            return 130
-    print(render(found, args, header))
-    return 0
+    return run_bench(args, measure, render, postgres=postgres_named(args.db))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -24,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from bulk import job_body, submit, wait_finished
-from harness import BenchError, Server, create_token, machine, running_server
+from harness import BenchError, Server, create_token, run_bench, running_server
 
 API = "/api/v2"
 WARMUP = 100
@@ -305,30 +303,20 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Timing]]
         return measure_all(servers, modes_for(token, tags), args)
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers and temp files go away
-
-
-def main() -> int:
-    """Run the measurements and print the report; the temp folder goes away in every case."""
-    args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    header = machine()  # before the run: it reports the load average at start
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            results = measure(args, Path(name))
-        except BenchError as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
-            return 130
+def render(
+    results: dict[str, dict[str, Timing]], args: argparse.Namespace, header: list[str]
+) -> str:
+    """The report as markdown."""
     lines = ["## joblot bench/poll.py (SQLite)", "", *header]
     for kind, timings in results.items():
         lines += ["", *table(kind, timings, args)]
     lines += ["", *cost_table(results)]
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the measurements and print the report; the temp folder goes away in every case."""
+    return run_bench(parse_args(), measure, render)
 
 
 if __name__ == "__main__":

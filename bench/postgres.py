@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
 from bulk import TIGHT_POLL_SECONDS, check_results, job_body, read_status, submit, wait_finished
 from harness import (
     BenchError,
-    machine,
-    postgres_description,
     postgres_schema,
     postgres_url,
+    run_bench,
     running_server,
 )
 from pgmonitor import FAST_SAMPLE_SECONDS, Counters, Monitor, Samples, monitoring
@@ -414,8 +410,9 @@ class Report:
     latencies: list[Latency] = field(default_factory=list)
 
 
-def measure(args: argparse.Namespace, tmp: Path, report: Report) -> None:
+def measure(args: argparse.Namespace, tmp: Path) -> Report:
     """The bulk workload per worker count, then the latency probes per database."""
+    report = Report()
     if not args.skip_bulk:
         for workers in args.worker_counts:
             print(f"bulk workload, {workers} worker(s)...", file=sys.stderr)
@@ -424,6 +421,7 @@ def measure(args: argparse.Namespace, tmp: Path, report: Report) -> None:
         for database in args.latency_databases:
             print(f"small-job latency on {database}...", file=sys.stderr)
             report.latencies.append(measure_latency(database, args.pg, args, tmp))
+    return report
 
 
 def render(report: Report, args: argparse.Namespace, header: list[str]) -> str:
@@ -436,31 +434,12 @@ def render(report: Report, args: argparse.Namespace, header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers, schemas and temp files go away
-
-
 def main() -> int:
     """Run the measurements and print the report; schemas and temp files go away in every case."""
     args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        header = [*machine(), postgres_description(args.pg)]
-    except psycopg.Error as exc:
-        print(f"bench failed: cannot reach PostgreSQL at {args.pg}: {exc}", file=sys.stderr)
-        return 1
-    report = Report()
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            measure(args, Path(name), report)
-        except (BenchError, psycopg.Error) as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers stopped, schemas dropped", file=sys.stderr)
-            return 130
-    print(render(report, args, header))
-    return 0
+    return run_bench(
+        args, measure, render, postgres=args.pg, stopped="servers stopped, schemas dropped"
+    )
 
 
 if __name__ == "__main__":

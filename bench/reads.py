@@ -15,11 +15,9 @@ import argparse
 import contextlib
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -29,7 +27,14 @@ from pathlib import Path
 import httpx
 
 from bulk import database, job_body, submit, wait_finished
-from harness import BenchError, create_token, free_port, machine, running_server, stop_group
+from harness import (
+    BenchError,
+    create_token,
+    free_port,
+    run_bench,
+    running_server,
+    stop_group,
+)
 from poll import cpu_seconds
 
 API = "/api/v2"
@@ -281,24 +286,8 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers and temp files go away
-
-
-def main() -> int:
-    """Run the measurements and print the report; the temp folder goes away in every case."""
-    args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    header = machine()  # before the run: it reports the load average at start
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            rounds = measure(args, Path(name))
-        except BenchError as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
-            return 130
+def render(rounds: list[list[Load]], args: argparse.Namespace, header: list[str]) -> str:
+    """The report as markdown."""
     run = (
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency per target "
         f"(after {args.warmup} s of warm-up), "
@@ -308,8 +297,12 @@ def main() -> int:
     if args.rounds > 1:
         lines += [f"Medians of {args.rounds} rounds.", ""]
     lines += table(medians(rounds))
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the measurements and print the report; the temp folder goes away in every case."""
+    return run_bench(parse_args(), measure, render)
 
 
 if __name__ == "__main__":

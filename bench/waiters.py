@@ -18,11 +18,9 @@ import asyncio
 import contextlib
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from harness import (
     BenchError,
     Server,
     joblot_command,
-    machine,
+    run_bench,
     running_server,
     stop_group,
 )
@@ -296,33 +294,22 @@ def raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers and temp files go away
-
-
-def main() -> int:
-    """Run the measurements and print the report; the temp folder goes away in every case."""
-    args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    most = max([n for _, n in loads(args)] or [0])
-    raise_fd_limit(2 * most + 1024)
-    header = machine()
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            rows = measure(args, Path(name))
-        except BenchError as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
-            return 130
+def render(rows: list[Row], args: argparse.Namespace, header: list[str]) -> str:
+    """The report as markdown."""
     run = (
         f"`joblot serve --workers 0`, waiters on one `demo.echo` job each over their own "
         f"connections, idle for {args.idle:g} s, then completed by a separate `joblot worker`"
     )
     lines = ["## joblot bench/waiters.py", "", *header, f"- load: {run}", "", *table(rows)]
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the measurements and print the report; the temp folder goes away in every case."""
+    args = parse_args()
+    most = max([n for _, n in loads(args)] or [0])
+    raise_fd_limit(2 * most + 1024)
+    return run_bench(args, measure, render)
 
 
 if __name__ == "__main__":
