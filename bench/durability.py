@@ -21,13 +21,11 @@ import argparse
 import asyncio
 import contextlib
 import io
-import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +37,7 @@ import httpx
 import orjson
 
 from bulk import check_results, job_body, submit, wait_finished
-from harness import BenchError, machine, running_server
+from harness import BenchError, run_bench, running_server
 
 API = "/api/v2"
 DEFAULT_BEFORE = "e3a74fb"  # main right before durable acknowledgements and chunked submits
@@ -222,7 +220,7 @@ def measure_stall(variant: Variant, tmp: Path, name: str, items: int) -> Stall:
     return got
 
 
-def measure(args: argparse.Namespace, tmp: Path, found: list[Variant]) -> dict[str, Figures]:
+def measure_rounds(args: argparse.Namespace, tmp: Path, found: list[Variant]) -> dict[str, Figures]:
     """Every measurement of every variant, `--repeat` rounds, variants in turn each round."""
     figures = {v.label: Figures() for v in found}
     big = job_body(args.submit_items)
@@ -321,30 +319,34 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run every `finally`, so servers and temp files go away
+@dataclass
+class Report:
+    """Everything measured, for printing: None where skipped."""
+
+    figures: dict[str, Figures] | None
+    stalls: dict[str, Stall] | None
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> Report:
+    """The rounds of W1, submits and acks, then the stall probe, as asked for."""
+    found = variants(args, tmp)
+    figures = None if args.skip_acks else measure_rounds(args, tmp, found)
+    return Report(figures, None if args.skip_stall else stalls(args, tmp, found))
+
+
+def render(report: Report, args: argparse.Namespace, header: list[str]) -> str:
+    """The report as markdown."""
+    lines = ["## joblot bench/durability.py", "", *header]
+    if report.figures is not None:
+        lines += ["", *table(report.figures, args)]
+    if report.stalls is not None:
+        lines += ["", *stall_table(report.stalls, args.stall_items)]
+    return "\n".join(lines)
 
 
 def main() -> int:
     """Run the measurements and print the report; the temp folder goes away in every case."""
-    args = parse_args()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    lines = ["## joblot bench/durability.py", "", *machine()]
-    with tempfile.TemporaryDirectory(prefix="joblot-bench-") as name:
-        try:
-            found = variants(args, Path(name))
-            if not args.skip_acks:
-                lines += ["", *table(measure(args, Path(name), found), args)]
-            if not args.skip_stall:
-                lines += ["", *stall_table(stalls(args, Path(name), found), args.stall_items)]
-        except BenchError as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("bench interrupted; servers stopped, temp files removed", file=sys.stderr)
-            return 130
-    print("\n".join(lines))
-    return 0
+    return run_bench(parse_args(), measure, render)
 
 
 def stalls(args: argparse.Namespace, tmp: Path, found: list[Variant]) -> dict[str, Stall]:
