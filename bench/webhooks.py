@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,14 @@ import httpx
 import orjson
 
 from bulk import job_body, submit, wait_finished
-from harness import BenchError, machine, postgres_schema, postgres_url, run_joblot, running_server
+from harness import (
+    BenchError,
+    postgres_schema,
+    postgres_url,
+    run_bench,
+    run_joblot,
+    running_server,
+)
 from joblot import WebhookVerificationError, verify_webhook
 
 API = "/api/v2"
@@ -160,42 +166,59 @@ def bench_isolation(client: httpx.Client, secret: str, items: int, hanging: int)
     ]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """The command line of this benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200, help="one-item jobs timed (200)")
     parser.add_argument("--items", type=int, default=20_000, help="items of the big job")
     parser.add_argument("--hanging", type=int, default=20, help="deliveries left hanging")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--db", default="sqlite", help="sqlite or postgres")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> list[str]:
+    """Both measurements on one server and database, as markdown lines."""
     env = {
         "JOBLOT_WEBHOOK_ALLOW_PRIVATE": "1",
         "JOBLOT_WEBHOOK_TIMEOUT_SECONDS": "300",  # the hanging receivers stay hanging
         "JOBLOT_MAX_ACTIVE_JOBS": "100000",
         "JOBLOT_RATE_LIMIT_PER_MINUTE": "100000000",
     }
-    print("# Webhooks\n")
-    print("\n".join(machine()) + "\n")
     with ExitStack() as stack:
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="joblot-bench-")))
         if args.db == "postgres":
             db = stack.enter_context(postgres_schema(postgres_url(), "joblot-bench-hooks")).url
         else:
-            db = f"sqlite:///{folder}/hooks.db"
+            db = f"sqlite:///{tmp}/hooks.db"
             run_joblot("migrate", "--db", db)
         secret = run_joblot("webhooks", "secret", "--tenant", "default", "--db", db).strip()
-        _, client = stack.enter_context(running_server(db, args.workers, folder / "serve.log", env))
-        print(f"`joblot serve --workers {args.workers}` on {args.db}\n")
-        print("## From a job's end to its event\n")
-        print("\n".join(bench_latency(client, secret, args.jobs)) + "\n")
-        print("## Items beside receivers that never answer\n")
-        print("\n".join(bench_isolation(client, secret, args.items, args.hanging)) + "\n")
-    return 0
+        _, client = stack.enter_context(running_server(db, args.workers, tmp / "serve.log", env))
+        print("from a job's end to its event...", file=sys.stderr)
+        latency = bench_latency(client, secret, args.jobs)
+        print("items beside receivers that never answer...", file=sys.stderr)
+        isolation = bench_isolation(client, secret, args.items, args.hanging)
+    return [
+        f"`joblot serve --workers {args.workers}` on {args.db}",
+        "",
+        "## From a job's end to its event",
+        "",
+        *latency,
+        "",
+        "## Items beside receivers that never answer",
+        "",
+        *isolation,
+    ]
+
+
+def render(lines: list[str], args: argparse.Namespace, header: list[str]) -> str:
+    """The report as markdown."""
+    return "\n".join(["# Webhooks", "", *header, "", *lines, ""])
+
+
+def main() -> int:
+    """Run the measurements and print the report; the temp folder goes away in every case."""
+    return run_bench(parse_args(), measure, render)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())
