@@ -24,6 +24,7 @@ ABOVE_THE_STORE = {
     "server",
     "cli",
     "client",
+    "async_client",
     "answers",
     "follow",
     "sse",
