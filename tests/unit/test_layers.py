@@ -23,6 +23,7 @@ ABOVE_THE_STORE = {
     "worker",
     "server",
     "cli",
+    "commands",
     "client",
     "async_client",
     "answers",
