@@ -118,6 +118,7 @@ ONLY_POSTGRES = {
     "durability.settings": "the server's fsync and synchronous_commit; SQLite has no server",
     "claim_items.any_runnable": "a lock-free probe before the claim transaction",
     "claim_items.lock_type": "claims of a limited job type run in parallel on other nodes",
+    "claim_items.by_index": "walks a new job's items in index order; SQLite says INDEXED BY",
     "finish_items.record": "the whole batch as arrays in one round trip",
     "finish_items.lease_held": "re-checked under the job row lock: writers run in parallel",
     "finish_items.lock_all": "items taken and retried locked in one order: writers run in parallel",
