@@ -5,7 +5,7 @@ Each job type is measured on its own (handler time per item, from its last batch
 fast items gets big batches even while a job of slow items runs beside it, and the slow job's
 small batches do not shrink the fast job's. The store is told each type's pace: a claim takes
 that many items, and the job's next turn in the round robin comes only after twice the time
-they are expected to take (`joblot.store.common.next_turn`), so other jobs get at least as much
+they are expected to take (`joblot.store.claims.next_turn`), so other jobs get at least as much
 of the workers' time as a slow job takes.
 """
 

@@ -10,7 +10,7 @@ from joblot.batch import Batch
 from joblot.models import Limit
 from joblot.pacing import TARGET_BATCH_SECONDS, Pacer
 from joblot.store import Claim, ClaimedItem, Pace, TypeLimits
-from joblot.store.common import Share, claim_size, next_turn, share
+from joblot.store.claims import Share, claim_size, next_turn, share
 
 
 def test_each_job_type_is_sized_by_its_own_handler_time() -> None:

@@ -4,8 +4,9 @@ The rows are defined in `store/records.py` and re-exported here. The backends li
 `store/sqlite/` and `store/postgres/`, cut the same way: `connection.py` (plumbing and
 migrations), `clients.py` (what API clients do: submit, read, cancel, tokens), `work.py` (what
 workers do: claim, finish, renew, release), `maintenance.py` (cluster-wide chores: requeue,
-purge, leadership) and, for PostgreSQL, `notify.py`. What both share is in `store/common.py`.
-Nothing under `joblot.store` imports the layers above it.
+purge, leadership) and, for PostgreSQL, `notify.py`. What both share is in `store/common.py`,
+and what their claims share (sizes, turns, limits) in `store/claims.py`. Nothing under
+`joblot.store` imports the layers above it.
 """
 
 from __future__ import annotations

@@ -22,20 +22,17 @@ from joblot.store import (
     RetryLater,
     TypeLimits,
 )
-from joblot.store.common import (
-    LEASES_EXPIRED,
+from joblot.store.claims import (
     NO_ATTEMPT_LIMIT,
     Choice,
-    Refused,
     claim_size,
     last_attempt,
     needs_throttle_message,
     next_turn,
     own_leases,
     share,
-    total_params,
-    worker_lost,
 )
+from joblot.store.common import LEASES_EXPIRED, Refused, total_params, worker_lost
 from joblot.store.postgres.connection import (
     Conn,
     fetch_all,

@@ -21,18 +21,17 @@ from joblot.store import (
     RetryLater,
     TypeLimits,
 )
-from joblot.store.common import (
+from joblot.store.claims import (
     NO_ATTEMPT_LIMIT,
     Choice,
-    Refused,
     claim_size,
     last_attempt,
     needs_throttle_message,
     next_turn,
     own_leases,
     share,
-    worker_lost,
 )
+from joblot.store.common import Refused, worker_lost
 from joblot.store.sqlite.connection import (
     SQL,
     Conn,
