@@ -14,7 +14,6 @@ import sqlite3
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,8 @@ import psycopg
 
 from harness import (
     BenchError,
+    database,
     postgres_named,
-    postgres_schema,
-    postgres_url,
     run_bench,
     running_server,
 )
@@ -341,18 +339,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-@contextlib.contextmanager
-def database(arg: str, tmp: Path, name: str) -> Iterator[str]:
-    """A fresh SQLite file for 'sqlite', a fresh schema for 'postgres', else the URL given."""
-    if arg == "sqlite":
-        yield f"sqlite:///{tmp / name}"
-    elif arg == "postgres":
-        with postgres_schema(postgres_url(), f"joblot-bench-{name}") as schema:
-            yield schema.url
-    else:
-        yield arg
-
-
 @dataclass
 class Report:
     """Everything measured, for printing."""
@@ -368,7 +354,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> Report:
     env = {"JOBLOT_MAX_ITEMS": str(max(args.big, args.items)), "JOBLOT_MAX_BODY_BYTES": "100000000"}
     print("bulk workload...", file=sys.stderr)
     with (
-        database(args.db, tmp, "bulk.db") as db,
+        database(args.db, tmp, "bulk") as db,
         running_server(db, args.workers, tmp / "bulk.log", env) as (server, client),
     ):
         report = Report(bench_bulk(client, args, db), [])
@@ -378,7 +364,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> Report:
     big = affordable_big(args.big, max(r.rate for r in report.runs), args.big_budget)
     print("status reads...", file=sys.stderr)
     with (
-        database(args.db, tmp, "status.db") as db,
+        database(args.db, tmp, "status") as db,
         running_server(db, args.workers, tmp / "status.log", env) as (server, client),
     ):
         report.reads, report.big_run = bench_status_reads(client, args, db, big)

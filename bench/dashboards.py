@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +25,8 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from harness import (
     BenchError,
+    database,
     postgres_named,
-    postgres_schema,
-    postgres_url,
     run_bench,
     running_server,
 )
@@ -148,21 +145,12 @@ def still_running(client: httpx.Client, job_id: str) -> bool:
     return status_of(client, job_id) == "working"
 
 
-@contextlib.contextmanager
-def database(args: argparse.Namespace, tmp: Path) -> Iterator[str]:
-    if args.db == "sqlite":
-        yield f"sqlite:///{tmp / 'joblot.db'}"
-        return
-    with postgres_schema(postgres_url(), "joblot-bench-dashboards") as schema:
-        yield schema.url
-
-
 def run(args: argparse.Namespace, tmp: Path) -> tuple[list[Level], list[Level]]:
     counts = Counts(tmp / "counts.json")
     command = [sys.executable, str(COUNTER), str(counts.path)]
     env = {"JOBLOT_MAX_ITEMS": str(max(args.items, 100_000))}
     with (
-        database(args, tmp) as db,
+        database(args.db, tmp, "dashboards") as db,
         running_server(db, args.workers, tmp / "serve.log", env, command) as (server, client),
         sync_playwright() as playwright,
     ):

@@ -27,10 +27,9 @@ import orjson
 from harness import (
     BenchError,
     Server,
+    database,
     group_members,
     postgres_named,
-    postgres_schema,
-    postgres_url,
     run_bench,
     running_server,
 )
@@ -142,23 +141,11 @@ def download(
     return Export(name, fmt, failed, entries, size, seconds, before / 1024, max(samples) / 1024)
 
 
-@contextlib.contextmanager
-def database(arg: str, tmp: Path) -> Iterator[str]:
-    """A fresh SQLite file for 'sqlite', a fresh schema for 'postgres', else the URL given."""
-    if arg == "sqlite":
-        yield f"sqlite:///{tmp / 'export.db'}"
-    elif arg == "postgres":
-        with postgres_schema(postgres_url(), "joblot-bench-export") as schema:
-            yield schema.url
-    else:
-        yield arg
-
-
 def measure(args: argparse.Namespace, tmp: Path) -> tuple[list[Export], list[str]]:
     """Run the jobs, then export each on a fresh worker-less server."""
     env = {"JOBLOT_MAX_ITEMS": str(args.items), "JOBLOT_MAX_BODY_BYTES": "200000000"}
     notes = []
-    with database(args.db, tmp) as db:
+    with database(args.db, tmp, "export") as db:
         with running_server(db, args.workers, tmp / "run.log", env) as (_, client):
             jobs = []
             for name, items in (("small", args.small), ("big", args.items)):

@@ -14,11 +14,9 @@ servers and deletes its temporary files and PostgreSQL schemas, whatever happens
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import httpx
 
 from harness import (
     BenchError,
-    postgres_schema,
+    database,
     postgres_url,
     run_bench,
     running_server,
@@ -89,15 +87,6 @@ def run_case(case: str, client: httpx.Client, args: argparse.Namespace) -> float
     seconds = timed(client, "demo.echo", [{"id": i} for i in range(args.small)], args.timeout)
     client.post(f"{API}/job_statuses/{big}/cancel")
     return seconds
-
-
-@contextlib.contextmanager
-def database(backend: str, tmp: Path, name: str) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp / name}.db"
-    else:
-        with postgres_schema(postgres_url(), f"joblot-bench-{name}") as schema:
-            yield schema.url
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> dict[tuple[str, str], list[float]]:

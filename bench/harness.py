@@ -300,6 +300,20 @@ def postgres_schema(base_url: str, application_name: str) -> Iterator[Schema]:
             drop_schema(base_url, name)
 
 
+@contextlib.contextmanager
+def database(db: str, tmp: Path, name: str) -> Iterator[str]:
+    """The database a `--db` of 'sqlite', 'postgres' or a URL stands for: a fresh SQLite file
+    `<name>.db` in `tmp`, a fresh schema whose sessions are named `joblot-bench-<name>`, or the
+    URL given."""
+    if db == "sqlite":
+        yield f"sqlite:///{tmp / name}.db"
+    elif db == "postgres":
+        with postgres_schema(postgres_url(), f"joblot-bench-{name}") as schema:
+            yield schema.url
+    else:
+        yield db
+
+
 def drop_schema(base_url: str, name: str) -> None:
     """DROP SCHEMA ... CASCADE, waiting at most 30 s for locks; a warning if that fails."""
     try:

@@ -13,11 +13,9 @@ PostgreSQL schemas, whatever happens.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,9 +25,8 @@ import orjson
 
 from harness import (
     BenchError,
+    database,
     postgres_named,
-    postgres_schema,
-    postgres_url,
     run_bench,
     running_server,
 )
@@ -97,18 +94,6 @@ def most_at_once(client: httpx.Client, job_id: str) -> int:
     return most
 
 
-@contextlib.contextmanager
-def database(arg: str, tmp: Path, name: str) -> Iterator[str]:
-    """A fresh SQLite file for 'sqlite', a fresh schema for 'postgres', else the URL given."""
-    if arg == "sqlite":
-        yield f"sqlite:///{tmp / name}"
-    elif arg == "postgres":
-        with postgres_schema(postgres_url(), f"joblot-bench-{name}") as schema:
-            yield schema.url
-    else:
-        yield arg
-
-
 def measure(args: argparse.Namespace, tmp: Path) -> dict[float, list[Run]]:
     """For each item duration, both job types in turn on one fresh server."""
     env = {
@@ -122,7 +107,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[float, list[Run]]:
     found: dict[float, list[Run]] = {}
     for ms in args.ms:
         print(f"items of {ms:g} ms...", file=sys.stderr)
-        name = f"limits-{ms:g}ms.db"
+        name = f"limits-{ms:g}ms"
         with (
             database(args.db, tmp, name) as db,
             running_server(db, args.workers, tmp / f"{name}.log", env) as (_, client),

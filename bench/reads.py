@@ -26,10 +26,11 @@ from pathlib import Path
 
 import httpx
 
-from bulk import database, job_body, submit, wait_finished
+from bulk import job_body, submit, wait_finished
 from harness import (
     BenchError,
     create_token,
+    database,
     free_port,
     run_bench,
     running_server,
@@ -196,7 +197,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[list[Load]]:
     load hits every target alike)."""
     env = {"JOBLOT_RATE_LIMIT_PER_MINUTE": "1000000000"}  # measure reads, not the limiter
     with ExitStack() as stack:
-        db_url = stack.enter_context(database(args.db, tmp, "reads.db"))
+        db_url = stack.enter_context(database(args.db, tmp, "reads"))
         token = create_token(db_url, "bench")  # before the servers start, as in production
         headers = {"Authorization": f"Bearer {token}"}
         with running_server(db_url, args.workers, tmp / "work.log", env) as (_, client):

@@ -30,10 +30,11 @@ from typing import Any
 
 import httpx
 
-from bulk import database, job_body, submit
+from bulk import job_body, submit
 from harness import (
     BenchError,
     Server,
+    database,
     joblot_command,
     run_bench,
     running_server,
@@ -226,7 +227,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[Row]:
     memory one adds is not hidden by what an earlier one left in the heap)."""
     rows = []
     for db in args.db.split(","):
-        with database(db, tmp, f"waiters-{db}.db") as url:
+        with database(db, tmp, f"waiters-{db}") as url:
             with serving(url, tmp, db) as (server, _):
                 idle = cpu_seconds(server.proc.pid)
                 time.sleep(args.idle)
