@@ -6,6 +6,8 @@ Here its arguments and exit statuses; what each command does is in `joblot.comma
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -233,3 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `joblot results ID | head`: the reader has all it wanted
+        # Python would report the unflushed rest of stdout failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

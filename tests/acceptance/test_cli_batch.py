@@ -96,6 +96,22 @@ def test_results_and_export_print_what_the_server_has(
     assert jsonl.stdout.splitlines() == failed.stdout.splitlines()
     unknown = run_cli("results", "0" * 32, env=env)
     assert unknown.returncode == 1 and "RecordNotFound" in unknown.stderr
+    for command in (["results", job["id"]], ["export", job["id"]], ["list"]):
+        _stops_quietly_when_its_reader_goes(command, env)
+
+
+def _stops_quietly_when_its_reader_goes(command: list[str], env: dict[str, str]) -> None:
+    """`joblot ... | head -1`: once the reader has gone, the command ends as a tool killed by
+    SIGPIPE would (128 + 13), with no traceback."""
+    with subprocess.Popen(
+        [JOBLOT, *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline()
+        proc.stdout.close()
+        errors = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141, errors
+    assert errors == ""
 
 
 def test_retry_queues_the_failed_items_again(start_server: Any, joblot_env: dict[str, str]) -> None:
